@@ -1,0 +1,63 @@
+"""Synthetic multi-step arithmetic word problems, generated from a seed, answered GSM8K-style.
+
+Example: "Ana has 7 pens. She buys 5 more. Then she gives away 3. How many pens does Ana have now?"
+with the worked solution "7+5=12. 12-3=9. #### 9". Train and test problems come from disjoint seeds; a test
+problem whose question text also appears in the training set is skipped, so test accuracy is never on a seen
+question. Extraction and scoring are GSM8K's.
+"""
+
+from __future__ import annotations
+
+import random
+
+from core.tasks import Item
+from core.tasks.gsm8k import build_prompt, extract_answer, is_correct  # noqa: F401  (same rules)
+
+NAMES = ["Ana", "Ben", "Cy", "Dee", "Eli", "Fay", "Gus", "Ivy", "Jo", "Kim", "Lu", "Max", "Ned", "Oz", "Pam"]
+THINGS = ["pens", "cards", "eggs", "coins", "books", "apples", "shells", "stamps", "marbles", "cups"]
+MAX_VALUE = 99
+
+
+def _problem(rng: random.Random) -> tuple[str, str, int]:
+    name = rng.choice(NAMES)
+    thing = rng.choice(THINGS)
+    value = rng.randint(2, 20)
+    parts = [f"{name} has {value} {thing}."]
+    steps = []
+    n_ops = rng.choice((2, 2, 3))
+    for k in range(n_ops):
+        lead = "Then " if k else ""
+        op = rng.choice("+-*") if value <= 30 else rng.choice("+--")
+        if op == "+":
+            b = rng.randint(1, min(20, MAX_VALUE - value))
+            sentence, new = f"{lead}{name} gets {b} more.", value + b
+        elif op == "-":
+            b = rng.randint(1, max(1, value - 1))
+            sentence, new = f"{lead}{name} gives away {b}.", value - b
+        else:
+            b = rng.randint(2, 3)
+            sentence, new = f"{lead}{name} {'doubles' if b == 2 else 'triples'} them.", value * b
+        parts.append(sentence)
+        steps.append(f"{value}{op}{b}={new}.")
+        value = new
+    parts.append(f"How many {thing} now?")
+    return " ".join(parts), " ".join(steps) + f" #### {value}", value
+
+
+def load(split: str = "train", *, size: int = 1000, seed: int = 0) -> list[Item]:
+    """``size`` problems for ``split`` (train and test draw from different seeds and never share a question)."""
+    if split not in ("train", "test"):
+        raise ValueError("split must be 'train' or 'test'")
+    rng = random.Random(f"arith-{split}-{seed}")
+    seen: set[str] = set()
+    if split == "test":
+        train_rng = random.Random(f"arith-train-{seed}")
+        seen = {_problem(train_rng)[0] for _ in range(max(size, 20000))}
+    items: list[Item] = []
+    while len(items) < size:
+        q, sol, ans = _problem(rng)
+        if q in seen:
+            continue
+        seen.add(q)
+        items.append(Item(id=f"arith-{split}-{seed}-{len(items)}", question=q, answer=str(ans), solution=sol))
+    return items

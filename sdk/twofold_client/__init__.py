@@ -1,0 +1,1 @@
+"""twofold client SDK (placeholder until the SDK lands)."""
