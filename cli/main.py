@@ -1,0 +1,55 @@
+"""The ``twofold`` command. Subcommand groups live in their own modules and import heavy packages lazily,
+so ``twofold jobs list`` never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# command name -> "module:attribute" of a click command or group
+_COMMANDS = {
+    "run": "cli.local:run_cmd",
+    "demo": "cli.local:demo_cmd",
+    "teacher": "cli.teacher:teacher",
+    "serve": "cli.service:serve",
+    "worker": "cli.service:worker",
+    "db": "cli.service:db",
+    "apikey": "cli.service:apikey",
+    "jobs": "cli.client:jobs",
+    "datasets": "cli.client:datasets",
+    "checkpoints": "cli.client:checkpoints",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = _COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:  # a part not installed (or not built yet)
+            return click.Command(name, help=f"(unavailable: {exc})", callback=lambda: _fail(exc))
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(f"this command is unavailable: {exc}")
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="twofold")
+def cli() -> None:
+    """twofold: distil a large language model into a small one by transferring both its answers and its
+    reward signal (teacher sampling -> SFT -> pseudo-labels -> reward model -> RL -> evaluation)."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
