@@ -214,9 +214,17 @@ class RLConfig:
     whiten_rewards: bool = _help("normalise rewards per batch (PPO)", default=False)
     max_grad_norm: float = _help("gradient clipping", default=1.0)
     eval_every: int = _help("score a validation slice every N steps (0 = never)", default=0)
+    save_every: int = _help(
+        "write resumable state (weights, optimisers, RNG, data cursor) every N steps; 0 = only at the end",
+        default=25,
+    )
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "rl.steps", "must be >= 0")
+        _check(self.save_every >= 0, "rl.save_every", "must be >= 0 (0 saves only at the end)")
+        _check(self.max_new_tokens >= 1, "rl.max_new_tokens", "must be >= 1")
+        _check(self.value_lr > 0, "rl.value_lr", "must be > 0")
+        _check(self.max_grad_norm > 0, "rl.max_grad_norm", "must be > 0")
         _check(self.batch_size >= 1, "rl.batch_size", "must be >= 1")
         _check(self.samples_per_prompt >= 1, "rl.samples_per_prompt", "must be >= 1")
         _check(

@@ -1,6 +1,6 @@
 """Synthetic multi-step arithmetic word problems, generated from a seed, answered GSM8K-style.
 
-Example: "Ana has 7 pens. She buys 5 more. Then she gives away 3. How many pens does Ana have now?"
+Example: "Ana has 7 pens, gets 5 more and gives away 3. How many pens now?"
 with the worked solution "7+5=12. 12-3=9. #### 9". Train and test problems come from disjoint seeds; a test
 problem whose question text also appears in the training set is skipped, so test accuracy is never on a seen
 question. Extraction and scoring are GSM8K's.
@@ -21,27 +21,25 @@ MAX_VALUE = 99
 def _problem(rng: random.Random) -> tuple[str, str, int]:
     name = rng.choice(NAMES)
     thing = rng.choice(THINGS)
-    value = rng.randint(2, 20)
-    parts = [f"{name} has {value} {thing}."]
-    steps = []
-    n_ops = rng.choice((2, 2, 3))
-    for k in range(n_ops):
-        lead = "Then " if k else ""
+    value = start = rng.randint(2, 20)
+    clauses, steps = [], []
+    for _ in range(rng.choice((2, 2, 3))):
         op = rng.choice("+-*") if value <= 30 else rng.choice("+--")
         if op == "+":
             b = rng.randint(1, min(20, MAX_VALUE - value))
-            sentence, new = f"{lead}{name} gets {b} more.", value + b
+            clause, new = f"gets {b} more", value + b
         elif op == "-":
             b = rng.randint(1, max(1, value - 1))
-            sentence, new = f"{lead}{name} gives away {b}.", value - b
+            clause, new = f"gives away {b}", value - b
         else:
             b = rng.randint(2, 3)
-            sentence, new = f"{lead}{name} {'doubles' if b == 2 else 'triples'} them.", value * b
-        parts.append(sentence)
+            clause, new = ("doubles" if b == 2 else "triples") + " them", value * b
+        clauses.append(clause)
         steps.append(f"{value}{op}{b}={new}.")
         value = new
-    parts.append(f"How many {thing} now?")
-    return " ".join(parts), " ".join(steps) + f" #### {value}", value
+    actions = ", ".join(clauses[:-1]) + " and " + clauses[-1]
+    question = f"{name} has {start} {thing}, {actions}. How many {thing} now?"
+    return question, " ".join(steps) + f" #### {value}", value
 
 
 def load(split: str = "train", *, size: int = 1000, seed: int = 0) -> list[Item]:

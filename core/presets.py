@@ -1,0 +1,114 @@
+"""Ready-made job specs (``smoke``, ``demo``) and the demo's tiny arithmetic teacher.
+
+A preset is a raw spec dict for :meth:`core.configs.JobSpec.from_dict`; the teacher endpoint is filled in by the
+caller (the CLI's demo starts the built-in teacher server; the service uses its configured preset teacher).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from core.records import Callbacks, NullCallbacks
+
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "smoke": "tiny models on 64 arithmetic questions; every stage runs for a few steps (about a minute on CPU)",
+    "demo": "the `make demo` setup: tiny student distilled from the tiny arithmetic teacher, PPO on the reward "
+    "model, 1,000 held-out problems (about 10 minutes on 2 CPU cores)",
+}
+
+_DEMO: dict[str, Any] = {
+    "data": {"task": "arithmetic", "train_size": 2000, "test_size": 1000, "seed": 0},
+    "teacher": {"temperatures": [0.6, 1.0], "n": 4, "max_tokens": 48, "prompts_per_request": 64,
+                "concurrency": 2, "timeout_s": 120},
+    "student": {"preset": "tiny-student"},
+    "sft": {"epochs": 3, "lr": 3e-3, "batch_size": 64, "max_length": 160},
+    "labels": {"student_samples": 4, "min_vote_share": 0.5, "max_new_tokens": 48},
+    "reward_model": {"init": "sft", "epochs": 2, "lr": 1e-3, "batch_size": 64, "max_length": 160},
+    "rl": {"algo": "ppo", "reward": "reward_model", "steps": 100, "batch_size": 64, "mini_batch_size": 32,
+           "ppo_epochs": 2, "lr": 5e-4, "kl_coef": 0.02, "max_new_tokens": 48},
+    "evaluation": {"max_new_tokens": 48, "batch_size": 250},
+    "seed": 0,
+}
+
+_SMOKE: dict[str, Any] = {
+    "data": {"task": "arithmetic", "train_size": 64, "test_size": 64, "seed": 0},
+    "teacher": {"temperatures": [0.7, 1.0], "n": 2, "max_tokens": 48, "prompts_per_request": 32,
+                "concurrency": 2, "timeout_s": 60},
+    "student": {"preset": "tiny-student"},
+    "sft": {"epochs": 1, "batch_size": 32, "max_length": 160},
+    "labels": {"student_samples": 2, "min_vote_share": 0.0, "max_new_tokens": 48},
+    "reward_model": {"init": "sft", "epochs": 1, "batch_size": 32, "max_length": 160},
+    "rl": {"algo": "ppo", "reward": "reward_model", "steps": 3, "batch_size": 16, "mini_batch_size": 8,
+           "ppo_epochs": 1, "max_new_tokens": 48},
+    "evaluation": {"max_new_tokens": 48, "batch_size": 64},
+    "seed": 0,
+}
+PRESETS: dict[str, dict[str, Any]] = {"smoke": _SMOKE, "demo": _DEMO}
+
+
+def preset_spec(name: str, *, teacher_base_url: str, teacher_model: str, api_key: str | None = None) -> dict[str, Any]:
+    """The raw spec of preset ``name`` pointed at the given teacher endpoint."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    spec = copy.deepcopy(PRESETS[name])
+    spec["teacher"].update(base_url=teacher_base_url, model=teacher_model)
+    if api_key:
+        spec["teacher"]["api_key"] = api_key
+    return spec
+
+
+#: Bump to invalidate cached tiny teachers when their recipe changes.
+TEACHER_RECIPE = {"version": 1, "preset": "tiny-teacher", "examples": 24000, "epochs": 1.0, "lr": 4e-3,
+                  "batch_size": 64, "seed": 0}
+
+
+def train_tiny_teacher(
+    out_dir: Path, *, recipe: dict[str, Any] | None = None, callbacks: Callbacks | None = None
+) -> dict[str, Any]:
+    """Train the demo's tiny arithmetic teacher on gold worked solutions and save it (HF format) to ``out_dir``.
+
+    This is the stand-in for a large teacher: the method never sees these gold solutions again.
+    """
+    from core.configs import SFTConfig
+    from core.models import build_tiny, count_parameters, save_hf
+    from core.sft import train_causal_lm
+    from core.tasks import arithmetic
+
+    r = {**TEACHER_RECIPE, **(recipe or {})}
+    items = arithmetic.load("train", size=r["examples"], seed=1000 + r["seed"])  # disjoint from job seeds
+    model, tok = build_tiny(r["preset"], seed=r["seed"])
+    cfg = SFTConfig(epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], warmup_steps=30, max_length=160)
+    summary = train_causal_lm(model, tok, [arithmetic.build_prompt(i) for i in items],
+                              [" " + (i.solution or "") for i in items], cfg=cfg,
+                              callbacks=callbacks or NullCallbacks(), stage="teacher_training", seed=r["seed"])
+    save_hf(model, tok, out_dir)
+    meta = {"recipe": r, "parameters": count_parameters(model), **summary}
+    (Path(out_dir) / "twofold_teacher.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def ensure_tiny_teacher(cache_dir: Path, *, recipe: dict[str, Any] | None = None,
+                        callbacks: Callbacks | None = None) -> Path:
+    """A trained tiny teacher under ``cache_dir`` (trained once per recipe, then reused)."""
+    r = {**TEACHER_RECIPE, **(recipe or {})}
+    key = "-".join(f"{k}{r[k]}" for k in sorted(r))
+    out = Path(cache_dir) / f"tiny-teacher-{_digest(key)}"
+    if (out / "twofold_teacher.json").exists() and (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    train_tiny_teacher(tmp, recipe=r, callbacks=callbacks)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

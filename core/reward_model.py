@@ -1,0 +1,210 @@
+"""Reward model: a small model with a scalar head trained on the pseudo-labelled responses.
+
+Losses: pointwise BCE on the 0/1 pseudo-labels, and pairwise Bradley-Terry ``-log sigmoid(r+ - r-)`` over every
+(agreeing, disagreeing) pair of responses to the same question within a batch. Batches are built question by
+question so that such pairs exist. Accuracy is reported on held-out questions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from core.configs import RewardModelConfig
+from core.records import Callbacks, Cancelled, Label
+from core.tasks import Item
+from core.training import Encoded, cosine_lr, encode_pairs, load_state, rng_state, save_state, set_rng_state
+
+SAVE_EVERY = 50
+
+
+def _question_batches(qids: list[str], sizes: dict[str, int], batch_size: int, rng: random.Random) -> list[list[str]]:
+    order = list(qids)
+    rng.shuffle(order)
+    out: list[list[str]] = []
+    cur: list[str] = []
+    n = 0
+    for q in order:
+        cur.append(q)
+        n += sizes[q]
+        if n >= batch_size:
+            out.append(cur)
+            cur, n = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _pad_left(batch: list[Encoded], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        ids[i, width - len(e.ids) :] = torch.tensor(e.ids)
+        mask[i, width - len(e.ids) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _scores(rm: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) scalar logits read at the last token (inputs are left-padded, so that is position -1)."""
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = rm.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state  # (B, L, H)
+    return rm.score(hidden[:, -1, :]).squeeze(-1).float()  # (B,)
+
+
+def bradley_terry_loss(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean ``-log sigmoid(s_i - s_j)`` over pairs with ``groups[i] == groups[j]``, ``labels[i]=1``,
+    ``labels[j]=0``. Shapes: scores (B,), labels (B,), groups (B,). Returns (loss, number of pairs)."""
+    same = groups.unsqueeze(1).eq(groups.unsqueeze(0))  # (B, B)
+    pos_neg = labels.unsqueeze(1).gt(0.5) & labels.unsqueeze(0).lt(0.5)  # (B, B)
+    pairs = same & pos_neg
+    n = int(pairs.sum())
+    if n == 0:
+        return scores.sum() * 0.0, 0
+    diff = scores.unsqueeze(1) - scores.unsqueeze(0)  # (B, B)
+    return -F.logsigmoid(diff[pairs]).mean(), n
+
+
+def train_reward_model(
+    rm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    labels: Sequence[Label],
+    items: Sequence[Item],
+    build_prompt: Callable[[Item], str],
+    *,
+    cfg: RewardModelConfig,
+    callbacks: Callbacks,
+    stage: str = "reward_model",
+    state_dir: Path | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train ``rm`` in place; returns metrics incl. held-out ``accuracy`` and ``pairwise_accuracy``."""
+    by_id = {it.id: it for it in items}
+    labels = [lab for lab in labels if lab.question_id in by_id]
+    if not labels:
+        raise ValueError(f"{stage}: no labelled responses to train on")
+    device = next(rm.parameters()).device
+    enc = encode_pairs(tokenizer, [build_prompt(by_id[lab.question_id]) for lab in labels],
+                       [lab.text for lab in labels], max_length=cfg.max_length, add_eos=False)
+    by_q: dict[str, list[int]] = defaultdict(list)
+    for i, lab in enumerate(labels):
+        by_q[lab.question_id].append(i)
+    qids = sorted(by_q)
+    random.Random(f"rm-holdout-{seed}").shuffle(qids)
+    n_hold = int(len(qids) * cfg.holdout_fraction)
+    hold_q, train_q = qids[:n_hold], qids[n_hold:]
+    sizes = {q: len(by_q[q]) for q in qids}
+    steps_per_epoch = len(_question_batches(train_q, sizes, cfg.batch_size, random.Random(0)))
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step = 0
+    state = load_state(state_dir)
+    if state is not None:
+        rm.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        set_rng_state(state["rng"])
+    rm.train()
+    start = time.monotonic()
+    while step < total:
+        epoch, offset = divmod(step, steps_per_epoch)
+        plan = _question_batches(train_q, sizes, cfg.batch_size, random.Random(f"{seed}-{epoch}"))
+        batch_idx = [i for q in plan[offset] for i in by_q[q]]
+        loss, metrics = _rm_loss(rm, enc, labels, batch_idx, cfg, tokenizer.pad_token_id, device)
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, total, max(1, total // 20), cfg.lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 10 == 0 or step == total:
+            callbacks.metrics(stage, step, metrics)
+            callbacks.progress(stage, step, total)
+            if callbacks.should_stop():
+                raise Cancelled(stage)
+        if state_dir is not None and step % SAVE_EVERY == 0 and step < total:
+            save_state(state_dir, {"model": rm.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                   "rng": rng_state()})
+    rm.eval()
+    result = evaluate_reward_model(rm, enc, labels, [i for q in hold_q for i in by_q[q]], tokenizer.pad_token_id)
+    result.update(steps=total, train_questions=len(train_q), holdout_questions=len(hold_q),
+                  seconds=round(time.monotonic() - start, 2))
+    callbacks.metrics(stage, total, {f"holdout_{k}": v for k, v in result.items() if isinstance(v, float)})
+    return result
+
+
+def _rm_loss(
+    rm: PreTrainedModel, enc: list[Encoded], labels: Sequence[Label], idx: list[int], cfg: RewardModelConfig,
+    pad_id: int, device: torch.device,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    ids, mask = _pad_left([enc[i] for i in idx], pad_id, device)
+    y = torch.tensor([float(labels[i].label) for i in idx], device=device)  # (B,)
+    groups = torch.tensor([hash(labels[i].question_id) % (2**62) for i in idx], device=device)  # (B,)
+    s = _scores(rm, ids, mask)
+    bce = F.binary_cross_entropy_with_logits(s, y)
+    bt, n_pairs = bradley_terry_loss(s, y, groups)
+    loss = {"bce": bce, "bradley_terry": bt, "both": bce + bt}[cfg.loss]
+    acc = float(((s > 0).float() == y).float().mean())
+    return loss, {"loss": float(loss), "bce": float(bce), "bt": float(bt), "pairs": float(n_pairs), "accuracy": acc}
+
+
+@torch.no_grad()
+def evaluate_reward_model(
+    rm: PreTrainedModel, enc: list[Encoded], labels: Sequence[Label], idx: list[int], pad_id: int,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Pointwise accuracy (logit > 0 vs label) and pairwise accuracy (r+ > r- within a question) on ``idx``."""
+    if not idx:
+        return {"accuracy": None, "pairwise_accuracy": None, "n": 0}
+    device = next(rm.parameters()).device
+    scores: list[float] = []
+    for i in range(0, len(idx), batch_size):
+        chunk = idx[i : i + batch_size]
+        ids, mask = _pad_left([enc[j] for j in chunk], pad_id, device)
+        scores.extend(_scores(rm, ids, mask).tolist())
+    ys = [labels[j].label for j in idx]
+    acc = sum((s > 0) == bool(y) for s, y in zip(scores, ys, strict=True)) / len(idx)
+    by_q: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for j, s in zip(idx, scores, strict=True):
+        by_q[labels[j].question_id].append((s, labels[j].label))
+    wins = pairs = 0
+    for rows in by_q.values():
+        for sp, yp in rows:
+            for sn, yn in rows:
+                if yp == 1 and yn == 0:
+                    pairs += 1
+                    wins += sp > sn
+    return {"accuracy": acc, "pairwise_accuracy": wins / pairs if pairs else None, "n": len(idx)}
+
+
+@torch.no_grad()
+def score_responses(
+    rm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    max_length: int = 256,
+    batch_size: int = 256,
+) -> list[float]:
+    """Reward in (0, 1): sigmoid of the scalar head for each (prompt, completion)."""
+    was_training = rm.training
+    rm.eval()
+    device = next(rm.parameters()).device
+    enc = encode_pairs(tokenizer, list(prompts), list(completions), max_length=max_length, add_eos=False)
+    out: list[float] = []
+    for i in range(0, len(enc), batch_size):
+        ids, mask = _pad_left(enc[i : i + batch_size], tokenizer.pad_token_id, device)
+        out.extend(torch.sigmoid(_scores(rm, ids, mask)).tolist())
+    rm.train(was_training)
+    return out
