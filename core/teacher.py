@@ -191,6 +191,7 @@ class TeacherClient:
                 await asyncio.sleep(0.25)
         if resp.status_code != 200:
             hint = " (check teacher.api_key)" if resp.status_code in (401, 403) else ""
+            hint = " (does teacher.base_url end in /v1?)" if resp.status_code == 404 else hint
             raise TeacherUnavailable(
                 f"teacher health check GET {_redact_url(url)} answered HTTP {resp.status_code}{hint}: "
                 f"{self._excerpt(resp.text)}",
