@@ -1,0 +1,3 @@
+"""Package version (kept in step with sdk/pyproject.toml)."""
+
+__version__ = "0.1.0"
