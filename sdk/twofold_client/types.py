@@ -84,7 +84,7 @@ class StageRun(BaseObject):
     heartbeat_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    error: JobError | None = None
+    error: JobError | str | None = None
     config: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     eta_seconds: float | None = None
