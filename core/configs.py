@@ -323,7 +323,7 @@ def describe(cls: type) -> dict[str, dict[str, Any]]:
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix or "spec"
+    where = prefix.rstrip(".") or "spec"  # "sft." names the section "sft"
     if not isinstance(raw, dict):
         raise ConfigError(where, f"must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)

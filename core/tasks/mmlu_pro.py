@@ -5,7 +5,8 @@ MMLU-Pro ships only a test split (12,032 questions). ``load(path, split)`` makes
 the first 80% (rounded down) are ``train``, the rest ``test``. The split is stable across runs and machines.
 
 Extraction (version :data:`core.tasks.EXTRACTION_VERSION`), first match wins: "answer is (X)" / "answer is X" /
-"answer: X" (any case, optional ``**`` bold); then a final "(X)"; then a lone letter as the whole reply.
+"answer: X" (a lower-case letter only when in parentheses or ``**`` bold); then a final "(X)"; then a lone
+letter as the whole reply.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from core.tasks import Item
 
 LETTERS = "ABCDEFGHIJ"
 TRAIN_FRACTION = 0.8
+# A lower-case letter counts only when marked, "(c)" or "**c**": a bare one is usually the article, as in
+# "the answer is a ...".
+_CHOICE = r"(?:\*\*\(?([A-J])\)?\*\*|\(([A-J])\)|\**\(?(?-i:([A-J])))(?![A-Za-z])"
 _PATTERNS = [
-    re.compile(r"answer is:?\s*\**\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
-    re.compile(r"answer:\s*\**\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
+    re.compile(r"answer is:?\s*" + _CHOICE, re.IGNORECASE),
+    re.compile(r"answer:\s*" + _CHOICE, re.IGNORECASE),
 ]
 _PAREN = re.compile(r"\(([A-J])\)")
 _LONE = re.compile(r"^\s*\(?([A-J])\)?[.\s]*$")
@@ -69,7 +73,7 @@ def extract_answer(text: str) -> str | None:
     for pattern in _PATTERNS:
         m = pattern.search(text)
         if m:
-            return m.group(1).upper()
+            return next(g for g in m.groups() if g).upper()
     parens = _PAREN.findall(text)
     if parens:
         return parens[-1]

@@ -1,0 +1,43 @@
+"""Fixtures for the core tests: where the real GSM8K and MMLU-Pro files are.
+
+The data root is ``$TWOFOLD_DATA_DIR`` when set, else the ``shared/data`` folder next to the repository
+(``<repo>/../shared/data``). Tests that need a dataset skip, saying where they looked, when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def data_root() -> Path:
+    """The configured data root (it may not exist)."""
+    configured = os.environ.get("TWOFOLD_DATA_DIR")
+    return Path(configured) if configured else (_REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+def _dataset(name: str, *files: str) -> Path:
+    path = data_root() / name
+    missing = [f for f in files if not (path / f).exists()]
+    if missing:
+        pytest.skip(
+            f"{name} data not found at {path} (missing {', '.join(missing)}); "
+            "set TWOFOLD_DATA_DIR to the folder holding gsm8k/ and mmlu_pro/"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    """Folder with GSM8K's ``train.jsonl`` and ``test.jsonl``."""
+    return _dataset("gsm8k", "train.jsonl", "test.jsonl")
+
+
+@pytest.fixture(scope="session")
+def mmlu_pro_dir() -> Path:
+    """Folder with MMLU-Pro's ``test.jsonl`` (its only split)."""
+    return _dataset("mmlu_pro", "test.jsonl")
