@@ -1,1 +1,1 @@
-
+"""Persistence: settings, SQLAlchemy models and sessions, job/stage operations and the artifact store."""
