@@ -73,7 +73,11 @@ def train_grpo(
                 kl_loss = masked_mean(kl_penalty(logprobs, batch.ref_logprobs[idx], "k3"), m)
                 clip_and_step(pg_loss + cfg.kl_coef * kl_loss, policy, optimizer, cfg.max_grad_norm)
                 stats.append(
-                    {"policy_loss": float(pg_loss.detach()), "kl_loss": float(kl_loss.detach()), "clipfrac": float(clipfrac)}
+                    {
+                        "policy_loss": float(pg_loss.detach()),
+                        "kl_loss": float(kl_loss.detach()),
+                        "clipfrac": float(clipfrac),
+                    }
                 )
         return average(stats)
 
