@@ -133,6 +133,8 @@ def build_reward_model(
         rm = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, local_files_only=True)
     else:
         cfg = base.config.to_dict()
+        # drop the causal LM's default two-label maps, which contradict num_labels=1
+        cfg = {k: v for k, v in cfg.items() if k not in ("id2label", "label2id")}
         cfg.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
         config = type(base.config).from_dict(cfg)
         if isinstance(base, LlamaForCausalLM):

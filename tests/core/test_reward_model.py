@@ -1,0 +1,116 @@
+"""Reward model: the Bradley-Terry loss on a hand-computed case, and a micro model learning a separable rule."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+import torch
+
+from core.configs import RewardModelConfig
+from core.models import build_reward_model, build_tiny
+from core.records import Label, NullCallbacks
+from core.reward_model import bradley_terry_loss, score_responses, train_reward_model
+from core.tasks import Item, arithmetic
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_bradley_terry_loss_on_a_hand_computed_case() -> None:
+    scores = torch.tensor([2.0, 0.5, 1.0, -1.0, 3.0])
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 1, 1, 2])
+    loss, pairs = bradley_terry_loss(scores, labels, groups)
+    # pairs within a group, agreeing minus disagreeing: (2.0 - 0.5) and (1.0 - (-1.0)); item 4 has no partner
+    expected = (math.log1p(math.exp(-1.5)) + math.log1p(math.exp(-2.0))) / 2
+    assert pairs == 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_bradley_terry_counts_every_pair_in_a_group() -> None:
+    scores = torch.tensor([1.0, 0.0, 0.0, -2.0], requires_grad=True)
+    labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    loss, pairs = bradley_terry_loss(scores, labels, torch.zeros(4, dtype=torch.long))
+    diffs = [1.0, 3.0, 0.0, 2.0]  # (0,2) (0,3) (1,2) (1,3)
+    assert pairs == 4
+    assert float(loss.detach()) == pytest.approx(sum(math.log1p(math.exp(-d)) for d in diffs) / 4, rel=1e-6)
+    loss.backward()
+    assert (
+        scores.grad is not None and scores.grad[0] < 0 < scores.grad[3]
+    )  # push agreeing up, disagreeing down
+
+
+def test_bradley_terry_without_pairs_is_zero_and_differentiable() -> None:
+    scores = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss, pairs = bradley_terry_loss(scores, torch.tensor([1.0, 0.0]), torch.tensor([0, 1]))
+    assert pairs == 0 and float(loss.detach()) == 0.0
+    loss.backward()
+    assert scores.grad is not None and torch.equal(scores.grad, torch.zeros(2))
+
+
+def separable_labels(n_questions: int = 48, per_question: int = 4) -> tuple[list[Item], list[Label]]:
+    """Responses labelled 1 exactly when they end with ``#### 1``; each question has both kinds."""
+    rng = random.Random(0)
+    items = arithmetic.load("train", size=n_questions, seed=9)
+    labels = []
+    for it in items:
+        for j in range(per_question):
+            good = j % 2 == 0
+            steps = f"{rng.randint(2, 20)}+{rng.randint(1, 9)}={rng.randint(3, 29)}."
+            answer = "1" if good else str(rng.randint(2, 9))
+            labels.append(Label(it.id, "student", j, f" {steps} #### {answer}", answer, "1", int(good), 0.5))
+    return items, labels
+
+
+@pytest.fixture(scope="module")
+def trained(one_thread: None) -> dict[str, Any]:
+    """A micro reward model trained on the separable labels (shared by the tests below)."""
+    items, labels = separable_labels()
+    base, tok = build_tiny("micro", seed=0)
+    rm = build_reward_model(base, tok)
+    before = {k: v.clone() for k, v in rm.state_dict().items()}
+    cfg = RewardModelConfig(
+        epochs=3, lr=1e-2, batch_size=32, max_length=128, holdout_fraction=0.25, loss="both"
+    )
+    result = train_reward_model(
+        rm, tok, labels, items, arithmetic.build_prompt, cfg=cfg, callbacks=NullCallbacks()
+    )
+    return {"rm": rm, "tok": tok, "items": items, "labels": labels, "result": result, "before": before}
+
+
+def test_a_micro_reward_model_learns_a_separable_rule(trained: dict[str, Any]) -> None:
+    result = trained["result"]
+    assert result["holdout_questions"] == 12 and result["train_questions"] == 36
+    assert result["n"] == 12 * 4
+    assert result["accuracy"] > 0.8, result
+    assert result["pairwise_accuracy"] > 0.8, result
+    moved = [k for k, v in trained["rm"].state_dict().items() if not torch.equal(v, trained["before"][k])]
+    assert "score.weight" in moved and len(moved) > len(trained["before"]) // 2
+
+
+def test_scores_are_probabilities_that_rank_the_rule(trained: dict[str, Any]) -> None:
+    item = trained["items"][0]
+    prompt = arithmetic.build_prompt(item)
+    good = [" 3+4=7. #### 1", " 10+2=12. #### 1"]
+    bad = [" 3+4=7. #### 7", " 10+2=12. #### 5"]
+    scores = score_responses(trained["rm"], trained["tok"], [prompt] * 4, good + bad, batch_size=3)
+    assert len(scores) == 4 and all(0.0 < x < 1.0 for x in scores)
+    assert min(scores[:2]) > max(scores[2:])
+    assert trained["rm"].training is False
+
+
+def test_labels_of_unknown_questions_only_is_an_error() -> None:
+    base, tok = build_tiny("micro")
+    stray = [Label("nope", "student", 0, "#### 1", "1", "1", 1, 1.0)]
+    with pytest.raises(ValueError, match="no labelled responses"):
+        train_reward_model(
+            build_reward_model(base, tok),
+            tok,
+            stray,
+            [],
+            arithmetic.build_prompt,
+            cfg=RewardModelConfig(),
+            callbacks=NullCallbacks(),
+        )

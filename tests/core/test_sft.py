@@ -1,0 +1,130 @@
+"""SFT warm-up: completion-only training that learns, changes weights, and resumes exactly where it stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from core import sft
+from core.configs import SFTConfig
+from core.models import build_tiny
+from core.records import Cancelled, NullCallbacks, TeacherSample
+from core.sft import sft_examples, train_causal_lm
+from core.tasks import Item, arithmetic
+from core.training import collate, encode_pairs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ITEMS = arithmetic.load("train", size=32, seed=5)
+PROMPTS = [arithmetic.build_prompt(it) for it in ITEMS]
+COMPLETIONS = [" " + (it.solution or "") for it in ITEMS]
+# 32 examples in batches of 8 for 24 steps; the tests save resume state every SAVE_EVERY = 10 steps
+CFG = SFTConfig(epochs=6, lr=5e-3, batch_size=8, warmup_steps=3, max_length=128)
+SAVE_EVERY = 10
+
+
+class StopAt(NullCallbacks):
+    """Records progress and events; asks to stop once progress reaches ``stop_step``."""
+
+    def __init__(self, stop_step: int | None = None) -> None:
+        self.stop_step = stop_step
+        self.steps: list[int] = []
+        self.events: list[tuple[str, dict[str, Any] | None]] = []
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """Remember the step."""
+        self.steps.append(done)
+
+    def event(
+        self, stage: str, level: str, type: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """Remember the event."""
+        self.events.append((type, data))
+
+    def should_stop(self) -> bool:
+        """Stop once ``stop_step`` has been reported."""
+        return self.stop_step is not None and bool(self.steps) and self.steps[-1] >= self.stop_step
+
+
+@torch.no_grad()
+def completion_loss(model: torch.nn.Module, tok: Any) -> float:
+    """Mean completion-only loss over the training pairs."""
+    ids, mask, labels = collate(encode_pairs(tok, PROMPTS, COMPLETIONS, max_length=128), tok.pad_token_id)
+    return float(model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+
+
+@pytest.fixture(scope="module")
+def straight_run(one_thread: None) -> dict[str, Any]:
+    """One uninterrupted run, shared: the model before and after, its losses and summary."""
+    model, tok = build_tiny("micro", seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss_before = completion_loss(model, tok)
+    summary = train_causal_lm(model, tok, PROMPTS, COMPLETIONS, cfg=CFG, callbacks=NullCallbacks())
+    return {
+        "before": before,
+        "after": model.state_dict(),
+        "loss_before": loss_before,
+        "loss_after": completion_loss(model, tok),
+        "summary": summary,
+    }
+
+
+def test_training_lowers_the_loss_and_changes_the_weights(straight_run: dict[str, Any]) -> None:
+    summary, before, after = straight_run["summary"], straight_run["before"], straight_run["after"]
+    assert summary["steps"] == 24 and summary["examples"] == 32
+    assert straight_run["loss_after"] < 0.8 * straight_run["loss_before"], straight_run
+    assert summary["final_loss"] < summary["first_loss"]
+    changed = [k for k, v in after.items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(before)  # every tensor moved
+
+
+def test_a_stopped_run_resumes_at_its_saved_step_and_ends_where_an_uninterrupted_run_does(
+    tmp_path: Path, straight_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sft, "SAVE_EVERY", SAVE_EVERY)
+    state_dir = tmp_path / "state"
+    model, tok = build_tiny("micro", seed=0)
+    with pytest.raises(Cancelled):
+        train_causal_lm(model, tok, PROMPTS, COMPLETIONS, cfg=CFG, callbacks=StopAt(20), state_dir=state_dir)
+    assert torch.load(state_dir / "state.pt", weights_only=False)["step"] == SAVE_EVERY
+
+    resumed, tok = build_tiny("micro", seed=0)  # fresh weights: the state must restore them
+    cb = StopAt()
+    summary = train_causal_lm(resumed, tok, PROMPTS, COMPLETIONS, cfg=CFG, callbacks=cb, state_dir=state_dir)
+    assert ("resumed", {"step": SAVE_EVERY}) in cb.events
+    assert cb.steps == [20, 24]  # reports after step 10 only
+    assert summary["steps"] == 24
+    for (name, a), b in zip(straight_run["after"].items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_no_examples_is_an_error() -> None:
+    model, tok = build_tiny("micro")
+    with pytest.raises(ValueError, match="no training examples"):
+        train_causal_lm(model, tok, [], [], cfg=CFG, callbacks=NullCallbacks())
+
+
+def test_sft_examples_keep_only_agreeing_teacher_samples() -> None:
+    items = [Item("a", "2+3?", "5"), Item("b", "1+1?", "2")]
+
+    def ts(qid: str, temperature: float, index: int, answer: str | None) -> TeacherSample:
+        return TeacherSample(qid, temperature, index, f"{qid} {temperature} {index} #### {answer}", answer)
+
+    samples = [
+        ts("a", 0.7, 0, "5"),
+        ts("a", 0.7, 1, "6"),
+        ts("a", 1.0, 0, "5"),
+        ts("a", 1.0, 1, None),
+        ts("b", 0.7, 0, "2"),
+        ts("zzz", 0.7, 0, "1"),  # a question not in this job's items
+    ]
+    prompts, completions = sft_examples(items, samples, arithmetic.build_prompt, SFTConfig())
+    assert completions == ["a 0.7 0 #### 5", "a 1.0 0 #### 5", "b 0.7 0 #### 2"]
+    assert prompts == [arithmetic.build_prompt(items[0])] * 2 + [arithmetic.build_prompt(items[1])]
+    _, capped = sft_examples(items, samples, arithmetic.build_prompt, SFTConfig(max_per_question=1))
+    assert capped == ["a 0.7 0 #### 5", "b 0.7 0 #### 2"]
+    _, strict = sft_examples(items, samples, arithmetic.build_prompt, SFTConfig(), min_vote_share=0.9)
+    assert strict == ["b 0.7 0 #### 2"]  # "a" has 2 of 3 votes
