@@ -288,7 +288,8 @@ def test_unsafe_archives_are_refused_before_writing(
 
 
 def test_checkpoint_download_extracts_into_out_dir(tmp_path: Path) -> None:
-    blob = _tarball({"config.json": b'{"model_type": "llama"}', "model.safetensors": b"\0" * 64})
+    # wrapped in one directory, as the server sends it: its contents land in out_dir itself
+    blob = _tarball({"rl/config.json": b'{"model_type": "llama"}', "rl/model.safetensors": b"\0" * 64})
     with (
         LoopbackServer(lambda s: Reply(200, blob, {"Content-Type": "application/gzip"})) as srv,
         _client(srv.url) as client,
@@ -296,7 +297,13 @@ def test_checkpoint_download_extracts_into_out_dir(tmp_path: Path) -> None:
         out = client.jobs.checkpoints.download("j1", "c1", out_dir=tmp_path / "model")
     assert srv.seen[0].path == "/v1/jobs/j1/checkpoints/c1/download"
     assert json.loads((out / "config.json").read_text()) == {"model_type": "llama"}
-    assert (out / "model.safetensors").stat().st_size == 64
+    assert (out / "model.safetensors").stat().st_size == 64 and sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    flat = tmp_path / "flat.tar.gz"  # not wrapped: extracted as is
+    flat.write_bytes(_tarball({"config.json": b"{}", "sub/x.bin": b"1"}))
+    assert sorted(safe_extract(flat, tmp_path / "flat")) == ["config.json", "sub/x.bin"]
 
 
 def test_missing_configuration_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

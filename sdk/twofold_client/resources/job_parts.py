@@ -77,7 +77,8 @@ class Checkpoints(SyncAPIResource):
         """Download a checkpoint and extract it into ``out_dir`` (created if missing).
 
         The archive is checked before extraction: a member that would land outside ``out_dir`` raises
-        ``UnsafeArchiveError``. Returns ``out_dir``, now holding the Hugging Face model directory.
+        ``UnsafeArchiveError``. Returns ``out_dir``, which then is the Hugging Face model directory
+        (``config.json``, ``*.safetensors``, tokenizer files), loadable with ``from_pretrained(out_dir)``.
         """
         out, tmp = _download_target(out_dir)
         path = f"/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/download"
