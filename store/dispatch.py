@@ -32,14 +32,18 @@ class CeleryDispatcher:
     """Publishes stage tasks to the Celery broker by name, on the stage's queue."""
 
     def __init__(
-        self, broker_url: str | None = None, *, app: Any = None, visibility_timeout_s: int = 3600
+        self,
+        broker_url: str | None = None,
+        *,
+        app: Any = None,
+        transport_options: dict[str, Any] | None = None,
     ) -> None:
         if app is None:
             from celery import Celery
 
             app = Celery("twofold-dispatch", broker=broker_url, set_as_current=False)
             app.conf.update(
-                broker_transport_options={"visibility_timeout": visibility_timeout_s},
+                broker_transport_options=transport_options or {},
                 broker_connection_timeout=3,
                 task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
             )

@@ -10,9 +10,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import CursorResult, Result, and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from store.models import Base, Event, Job, StageRun, utcnow
@@ -229,7 +230,7 @@ def claim_stage(
         )
         .execution_options(synchronize_session=False)
     )
-    if claimed.rowcount != 1:
+    if rowcount(claimed) != 1:
         return None
     session.refresh(mine)
     if job.cancel_requested:  # cancelled while queued, or while its dead worker held it
@@ -285,6 +286,14 @@ def find_stale(session: Session, *, stale_after: timedelta, lost_after: timedelt
     return [*stale, *lost]
 
 
+_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows matched by an UPDATE or DELETE."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 def bulk_upsert(
     session: Session,
     model: type[Base],
@@ -300,12 +309,9 @@ def bulk_upsert(
     if not rows:
         return
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - only PostgreSQL and SQLite are supported
+    if dialect not in _INSERTS:  # pragma: no cover - only PostgreSQL and SQLite are supported
         raise RuntimeError(f"unsupported database {dialect!r}; use PostgreSQL or SQLite")
+    insert = _INSERTS[dialect]
     now = utcnow()
     for start in range(0, len(rows), batch_size):
         chunk = [{"id": uuid.uuid4(), "created_at": now, **r} for r in rows[start : start + batch_size]]

@@ -17,50 +17,65 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TWOFOLD_", extra="ignore", frozen=True)
 
     database_url: str = Field(
-        "sqlite:///./twofold.db",
+        default="sqlite:///./twofold.db",
         description="SQLAlchemy URL; PostgreSQL in production, e.g. postgresql+psycopg://user@host/db",
     )
     broker_url: str | None = Field(
-        None, description="Celery broker (redis://...). Unset: `twofold serve` runs jobs in-process"
+        default=None, description="Celery broker (redis://...). Unset: `twofold serve` runs jobs in-process"
     )
     broker_key_prefix: str = Field(
-        "", description="prefix for every Redis key of the broker (to share one Redis between deployments)"
+        default="",
+        description="prefix for every Redis key of the broker (to share one Redis between deployments)",
     )
     artifacts_url: str = Field(
-        "./.artifacts", description="artifact root: a local directory or an fsspec URL (s3://bucket/prefix)"
+        default="./.artifacts",
+        description="artifact root: a local directory or an fsspec URL (s3://bucket/prefix)",
     )
     work_dir: str | None = Field(
-        None,
+        default=None,
         description="local directory (shared by all workers) where stages run; defaults to the artifact "
         "root when that is local, else ./.work",
     )
-    data_dir: str = Field("./data", description="where the built-in datasets gsm8k/ and mmlu_pro/ live")
-    models_dir: str = Field("./models", description="root for `student.path` in job specs (relative paths)")
-    max_upload_bytes: int = Field(
-        200 * 1024 * 1024, description="dataset upload size limit (413 above)", ge=1
+    data_dir: str = Field(
+        default="./data", description="where the built-in datasets gsm8k/ and mmlu_pro/ live"
     )
-    max_request_bytes: int = Field(1024 * 1024, description="size limit of other request bodies (JSON)", ge=1)
+    models_dir: str = Field(
+        default="./models", description="root for `student.path` in job specs (relative paths)"
+    )
+    max_upload_bytes: int = Field(
+        default=200 * 1024 * 1024, description="dataset upload size limit (413 above)", ge=1
+    )
+    max_request_bytes: int = Field(
+        default=1024 * 1024, description="size limit of other request bodies (JSON)", ge=1
+    )
     rate_limit_per_minute: int = Field(
-        1200, description="requests per minute per API key (0 = no limit)", ge=0
+        default=1200, description="requests per minute per API key (0 = no limit)", ge=0
     )
     teacher_base_url: str = Field(
-        "http://127.0.0.1:8000/v1", description="teacher endpoint used by the `smoke` and `demo` presets"
+        default="http://127.0.0.1:8000/v1",
+        description="teacher endpoint used by the `smoke` and `demo` presets",
     )
-    teacher_model: str = Field("tiny-teacher", description="teacher model name used by the presets")
-    heartbeat_interval_s: float = Field(2.0, description="how often a running stage touches its row", gt=0)
+    teacher_model: str = Field(default="tiny-teacher", description="teacher model name used by the presets")
+    heartbeat_interval_s: float = Field(
+        default=2.0, description="how often a running stage touches its row", gt=0
+    )
     stale_after_s: float = Field(
-        60.0, description="a running stage with an older heartbeat is requeued", gt=0
+        default=60.0, description="a running stage with an older heartbeat is requeued", gt=0
     )
-    sweep_interval_s: float = Field(15.0, description="how often the sweeper looks for stale stages", gt=0)
-    stage_soft_time_limit_s: int = Field(48 * 3600, description="a stage is asked to stop after this", ge=1)
-    stage_time_limit_s: int = Field(48 * 3600 + 600, description="a stage is killed after this", ge=1)
+    sweep_interval_s: float = Field(
+        default=15.0, description="how often the sweeper looks for stale stages", gt=0
+    )
+    stage_soft_time_limit_s: int = Field(
+        default=48 * 3600, description="a stage is asked to stop after this", ge=1
+    )
+    stage_time_limit_s: int = Field(default=48 * 3600 + 600, description="a stage is killed after this", ge=1)
     visibility_timeout_s: int = Field(
-        6 * 3600,
+        default=6 * 3600,
         description="Redis redelivers an unacknowledged task after this (the sweeper is faster)",
         ge=1,
     )
-    embedded_threads: int = Field(1, description="stage threads of the in-process runner", ge=1)
-    db_batch_size: int = Field(500, description="rows per bulk insert", ge=1)
+    embedded_threads: int = Field(default=1, description="stage threads of the in-process runner", ge=1)
+    db_batch_size: int = Field(default=500, description="rows per bulk insert", ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -1,8 +1,12 @@
-"""Helpers for tests that use the real PostgreSQL and Redis (any test package may import them).
+"""Helpers and pytest fixtures for tests that use the real PostgreSQL and Redis (any test package may import
+them; this module is for tests only and imports pytest).
 
 ``service_problem("postgres")`` says why a service is unusable (None when it is up); ``require(...)`` skips
 the calling test with that reason, or fails it when ``CI=true``. ``temp_schema()`` gives a PostgreSQL URL
 whose ``search_path`` is a fresh schema, dropped afterwards, so parallel test sessions never collide.
+Fixtures (``from store.testing import pg_url, pg_engine, db_connection  # noqa: F401`` in a conftest):
+``pg_url`` a migrated schema for the session, ``pg_engine`` an engine on it, ``db_connection`` a connection in
+a transaction rolled back after each test.
 """
 
 from __future__ import annotations
@@ -13,6 +17,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from urllib.parse import quote
+
+import pytest
+from sqlalchemy import Connection, Engine
+
+from store.db import make_engine
+from store.migrate import upgrade
 
 PG_URL = os.environ.get("TWOFOLD_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TWOFOLD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -51,8 +61,6 @@ def service_problem(name: str) -> str | None:
 
 def require(*names: str) -> None:
     """Skip the calling test when a service is down (with the reason), or fail it when ``CI=true``."""
-    import pytest
-
     for name in names:
         problem = service_problem(name)
         if problem is None:
@@ -90,3 +98,32 @@ def free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL on a fresh schema migrated to head (dropped at the end of the session)."""
+    require("postgres")
+    with temp_schema() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """An engine on that schema."""
+    engine = make_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_connection(pg_engine: Engine) -> Iterator[Connection]:
+    """A connection inside a transaction that is rolled back after the test; bind sessions to it with
+    ``join_transaction_mode="create_savepoint"`` so that their commits become savepoints."""
+    with pg_engine.connect() as conn:
+        outer = conn.begin()
+        try:
+            yield conn
+        finally:
+            outer.rollback()

@@ -5,39 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from store.db import make_engine
-from store.migrate import upgrade
-from store.testing import require, temp_schema
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL URL on a fresh schema migrated to head (dropped at the end of the session)."""
-    require("postgres")
-    with temp_schema(prefix="tf_store") as url:
-        upgrade(url)
-        yield url
-
-
-@pytest.fixture(scope="session")
-def pg_engine(pg_url: str) -> Iterator[Engine]:
-    """An engine on that schema."""
-    engine = make_engine(pg_url)
-    yield engine
-    engine.dispose()
+from store.testing import db_connection, pg_engine, pg_url  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
-def session(pg_engine: Engine) -> Iterator[Session]:
-    """A session inside a transaction that is rolled back after the test (commits become savepoints)."""
-    with pg_engine.connect() as conn:
-        outer = conn.begin()
-        s = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
-        try:
-            yield s
-        finally:
-            s.close()
-            outer.rollback()
+def session(db_connection: Connection) -> Iterator[Session]:  # noqa: F811
+    """A session whose commits are savepoints inside the test's rolled-back transaction."""
+    s = Session(bind=db_connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    try:
+        yield s
+    finally:
+        s.close()

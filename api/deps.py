@@ -1,0 +1,139 @@
+"""Dependencies of the routes, as ``Annotated`` aliases: settings, a DB session, the artifact store, the
+dispatcher, the authenticated tenant, pagination and the ``Idempotency-Key``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import RateLimited, Unauthenticated
+from api.ratelimit import RateLimiter
+from store.artifacts import ArtifactStore
+from store.dispatch import Dispatcher
+from store.keys import find_key
+from store.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    """The app's session factory (for work outside the request, e.g. streaming)."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
+def get_session(factory: Annotated[sessionmaker[Session], Depends(get_session_factory)]) -> Iterator[Session]:
+    """A session for this request; services commit what they change."""
+    with factory() as session:
+        yield session
+
+
+def get_artifacts(request: Request) -> ArtifactStore:
+    """The artifact store."""
+    store: ArtifactStore = request.app.state.artifacts
+    return store
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    """Where runnable stages are sent."""
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    return dispatcher
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+_bearer = HTTPBearer(
+    auto_error=False, description="An API key from `twofold apikey create`, as a Bearer token."
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant and the key used."""
+
+    tenant_id: uuid.UUID
+    key_id: uuid.UUID
+
+
+def current_principal(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The tenant behind the Bearer key (401 without a valid one); also applies the per-key rate limit."""
+    if credentials is None:
+        raise Unauthenticated("missing API key: send `Authorization: Bearer <key>`")
+    row = find_key(session, credentials.credentials)
+    if row is None:
+        raise Unauthenticated("invalid or revoked API key")
+    limiter: RateLimiter = request.app.state.rate_limiter
+    wait = limiter.acquire(str(row.id))
+    if wait > 0:
+        raise RateLimited(
+            f"rate limit of {limiter.per_minute} requests per minute exceeded",
+            headers={"Retry-After": limiter.retry_after(wait)},
+        )
+    return Principal(tenant_id=row.tenant_id, key_id=row.id)
+
+
+CurrentTenant = Annotated[Principal, Depends(current_principal)]
+
+
+@dataclass(frozen=True)
+class Page:
+    """Cursor pagination: at most ``limit`` items after the item with id ``after``."""
+
+    limit: int
+    after: str | None
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=100, description="items per page (1..100)")] = 20,
+    after: Annotated[str | None, Query(max_length=64, description="id of the last item already seen")] = None,
+) -> Page:
+    """Read ``limit`` and ``after`` from the query string."""
+    return Page(limit=limit, after=after)
+
+
+PageDep = Annotated[Page, Depends(page_params)]
+
+
+@dataclass(frozen=True)
+class IdempotencyRequest:
+    """The ``Idempotency-Key`` of a POST (None without one) and the route it applies to."""
+
+    key: str | None
+    route: str
+
+
+def idempotency_params(
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="repeat a POST safely: the same key and body return the first response",
+        ),
+    ] = None,
+) -> IdempotencyRequest:
+    """Read the ``Idempotency-Key`` header."""
+    return IdempotencyRequest(key=idempotency_key, route=f"{request.method} {request.url.path}")
+
+
+IdempotencyDep = Annotated[IdempotencyRequest, Depends(idempotency_params)]

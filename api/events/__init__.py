@@ -1,0 +1,1 @@
+"""The events domain of the API."""

@@ -1,0 +1,108 @@
+"""The application factory: ``create_app(settings)`` wires settings, database, artifact store, dispatcher,
+rate limiter, error handlers and the routers."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+from prometheus_client import CollectorRegistry
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import Scope
+
+from api.datasets.router import router as datasets_router
+from api.deps import current_principal
+from api.errors import install_error_handlers
+from api.events.router import router as events_router
+from api.jobs.router import router as jobs_router
+from api.limits import BodyLimitMiddleware
+from api.presets.router import router as presets_router
+from api.ratelimit import RateLimiter
+from api.results.router import router as results_router
+from api.system.router import router as system_router
+from api.system.service import JobsCollector, PrometheusMiddleware
+from store.artifacts import ArtifactStore
+from store.db import make_engine, make_session_factory
+from store.dispatch import CeleryDispatcher, Dispatcher, NullDispatcher
+from store.settings import Settings
+
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an uploaded file
+
+
+def default_dispatcher(settings: Settings) -> Dispatcher:
+    """Celery when a broker is configured; otherwise nothing runs (``twofold serve`` passes its in-process
+    runner instead)."""
+    if settings.broker_url:
+        return CeleryDispatcher(settings.broker_url, transport_options=settings.broker_transport_options)
+    return NullDispatcher()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    dispatcher: Dispatcher | None = None,
+    session_factory: sessionmaker[Session] | None = None,
+) -> FastAPI:
+    """Build the API. ``settings`` defaults to the environment; ``dispatcher`` to :func:`default_dispatcher`;
+    ``session_factory`` (tests) to one on ``settings.database_url``."""
+    settings = settings or Settings()
+    engine = None
+    if session_factory is None:
+        engine = make_engine(settings.database_url)
+        session_factory = make_session_factory(engine)
+    dispatcher = dispatcher or default_dispatcher(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        dispatcher.start()
+        try:
+            yield
+        finally:
+            dispatcher.stop()
+            if engine is not None:
+                engine.dispose()
+
+    app = FastAPI(
+        title="twofold",
+        version="1",
+        summary="Distil LLMs by transferring the teacher's answers and its reward signal.",
+        lifespan=lifespan,
+    )
+    registry = CollectorRegistry()
+    registry.register(JobsCollector(session_factory))
+    app.state.settings = settings
+    app.state.session_factory = session_factory
+    app.state.artifacts = ArtifactStore(settings.artifacts_url)
+    app.state.dispatcher = dispatcher
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.registry = registry
+    install_error_handlers(app)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(current_principal)])
+    for router in (datasets_router, jobs_router, events_router, results_router, presets_router):
+        v1.include_router(router)
+    app.include_router(v1)
+    app.include_router(system_router)
+    _include_dashboard(app)
+
+    def limit_for(scope: Scope) -> int:
+        if scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/v1/datasets":
+            return settings.max_upload_bytes + MULTIPART_OVERHEAD
+        return settings.max_request_bytes
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    app.add_middleware(PrometheusMiddleware, registry=registry)
+    return app
+
+
+def _include_dashboard(app: FastAPI) -> None:
+    """Mount ``api.dashboard.router`` (built separately) when it exists."""
+    try:
+        module = importlib.import_module("api.dashboard.router")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("api.dashboard", "api.dashboard.router"):
+            return
+        raise
+    app.include_router(module.router)

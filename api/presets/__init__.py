@@ -1,0 +1,1 @@
+"""The presets domain of the API."""

@@ -1,0 +1,42 @@
+"""Schemas shared by every domain: the list envelope and the error body."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+T = TypeVar("T")
+
+
+class ListOut(BaseModel, Generic[T]):
+    """A page of objects: ``{"object": "list", "data": [...], "has_more": bool}``."""
+
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable code, a message for people, and the offending field or upload line."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorOut(BaseModel):
+    """The one error body."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting the error body for ``statuses``."""
+    return {s: {"model": ErrorOut} for s in statuses}
+
+
+class StrictModel(BaseModel):
+    """A request body that rejects unknown fields (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")

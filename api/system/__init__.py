@@ -1,0 +1,1 @@
+"""The system domain of the API."""
