@@ -155,7 +155,7 @@ def _rm_loss(
     bt, n_pairs = bradley_terry_loss(s, y, groups)
     loss = {"bce": bce, "bradley_terry": bt, "both": bce + bt}[cfg.loss]
     acc = float(((s > 0).float() == y).float().mean())
-    return loss, {"loss": float(loss), "bce": float(bce), "bt": float(bt), "pairs": float(n_pairs), "accuracy": acc}
+    return loss, {"loss": loss.item(), "bce": bce.item(), "bt": bt.item(), "pairs": float(n_pairs), "accuracy": acc}
 
 
 @torch.no_grad()

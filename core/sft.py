@@ -75,7 +75,7 @@ def train_causal_lm(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        value = float(loss)
+        value = loss.item()
         first_loss = value if first_loss is None else first_loss
         ema = value if ema is None else 0.9 * ema + 0.1 * value
         if step % 10 == 0 or step == total:
