@@ -12,7 +12,7 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import RateLimited, Unauthenticated
+from api.errors import Forbidden, RateLimited, Unauthenticated
 from api.ratelimit import RateLimiter
 from store.artifacts import ArtifactStore
 from store.dispatch import Dispatcher
@@ -61,6 +61,26 @@ _bearer = HTTPBearer(
 )
 
 
+# The dashboard (api/dashboard) signs in with an API key kept in this HttpOnly, SameSite=Strict cookie.
+DASHBOARD_COOKIE = "twofold_dashboard"
+CSRF_HEADER = "X-Twofold-CSRF"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def dashboard_cookie_key(request: Request) -> str | None:
+    """The API key in the dashboard's cookie, or None. A mutating request authenticated by the cookie must
+    carry the ``X-Twofold-CSRF`` header: another site cannot add it without a CORS preflight, which this API
+    never grants, so the cookie cannot be used cross-site (403 otherwise)."""
+    key = request.cookies.get(DASHBOARD_COOKIE)
+    if not key:
+        return None
+    if request.method not in _SAFE_METHODS and not request.headers.get(CSRF_HEADER):
+        raise Forbidden(
+            f"a dashboard (cookie) {request.method} request needs the {CSRF_HEADER} header", param=CSRF_HEADER
+        )
+    return key
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the tenant and the key used."""
@@ -74,10 +94,12 @@ def current_principal(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The tenant behind the Bearer key (401 without a valid one); also applies the per-key rate limit."""
-    if credentials is None:
+    """The tenant behind the Bearer key, or the dashboard's sign-in cookie (401 without a valid one); also
+    applies the per-key rate limit."""
+    token = credentials.credentials if credentials is not None else dashboard_cookie_key(request)
+    if token is None:
         raise Unauthenticated("missing API key: send `Authorization: Bearer <key>`")
-    row = find_key(session, credentials.credentials)
+    row = find_key(session, token)
     if row is None:
         raise Unauthenticated("invalid or revoked API key")
     limiter: RateLimiter = request.app.state.rate_limiter
