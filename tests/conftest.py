@@ -60,3 +60,25 @@ def teacher_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Teacher
 def tiny_teacher_url(teacher_server: TeacherServers) -> str:
     """Base URL (``http://127.0.0.1:PORT/v1``) of a shared server with a random tiny-teacher."""
     return teacher_server(None, name="tiny-teacher")
+
+
+@pytest.fixture(scope="session")
+def arith_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny arithmetic teacher trained on 3,000 worked solutions (about a minute on one CPU thread), once per
+    session; low accuracy, but its answers parse, so every pipeline stage has data."""
+    import torch
+
+    from core.presets import ensure_tiny_teacher
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a busy 2-core machine are several times slower than one
+    try:
+        return ensure_tiny_teacher(tmp_path_factory.mktemp("arith-teacher"), recipe={"examples": 3000})
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def arith_teacher_url(teacher_server: TeacherServers, arith_teacher_dir: Path) -> str:
+    """Base URL of a built-in teacher server serving :func:`arith_teacher_dir` as ``arith-teacher``."""
+    return teacher_server(arith_teacher_dir, name="arith-teacher")

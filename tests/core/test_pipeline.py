@@ -1,0 +1,215 @@
+"""A mini end-to-end job (the ``smoke`` preset) against the real built-in teacher server over HTTP:
+every stage's outputs, skipping finished stages, and resuming a stage or half-done teacher sampling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from core import pipeline
+from core.configs import JobSpec
+from core.models import load_causal_lm
+from core.presets import preset_spec
+from core.records import EvalResult, Label, NullCallbacks, StudentSample, TeacherSample
+
+pytestmark = pytest.mark.slow
+
+TRAIN = TEST = 64  # the smoke preset's split sizes
+PER_QUESTION = 4  # smoke: 2 temperatures x n=2
+
+
+class Recorder(NullCallbacks):
+    """PipelineCallbacks that remember what each hook was handed."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.teacher: list[TeacherSample] = []
+        self.student: list[StudentSample] = []
+        self.label_calls: list[tuple[list[Label], dict[str, Any]]] = []
+        self.checkpoints: list[tuple[str, str, Path]] = []
+        self.evaluations: list[EvalResult] = []
+
+    def event(
+        self, stage: str, level: str, type: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """Remember (stage, type)."""
+        self.events.append((stage, type))
+
+    def stages_with(self, type_: str) -> list[str]:
+        """Stages that emitted an event of ``type_``, in order."""
+        return [stage for stage, t in self.events if t == type_]
+
+    def teacher_samples(self, samples: list[TeacherSample]) -> None:
+        """Remember teacher samples."""
+        self.teacher.extend(samples)
+
+    def student_samples(self, samples: list[StudentSample]) -> None:
+        """Remember student samples."""
+        self.student.extend(samples)
+
+    def labels(self, labels: list[Label], stats: dict[str, Any]) -> None:
+        """Remember the labels."""
+        self.label_calls.append((labels, stats))
+
+    def checkpoint(self, stage: str, kind: str, step: int, path: Path) -> None:
+        """Remember the checkpoint."""
+        self.checkpoints.append((stage, kind, path))
+
+    def evaluation(self, result: EvalResult) -> None:
+        """Remember the score."""
+        self.evaluations.append(result)
+
+
+def health(url: str) -> dict[str, Any]:
+    """The teacher server's /health counters."""
+    return httpx.get(url.removesuffix("/v1") + "/health", timeout=10).json()
+
+
+@pytest.fixture(scope="module")
+def spec(arith_teacher_url: str) -> JobSpec:
+    raw = preset_spec("smoke", teacher_base_url=arith_teacher_url, teacher_model="arith-teacher")
+    return JobSpec.from_dict({**raw, "threads": 1})
+
+
+@pytest.fixture(scope="module")
+def data(spec: JobSpec) -> pipeline.TaskData:
+    return pipeline.load_data(spec.data)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(
+    spec: JobSpec, data: pipeline.TaskData, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """One full run of the smoke job; its workdir is shared by the tests below."""
+    workdir = tmp_path_factory.mktemp("smoke-job")
+    cb = Recorder()
+    summaries = pipeline.run_pipeline(spec, data=data, workdir=workdir, callbacks=cb)
+    return {"workdir": workdir, "cb": cb, "summaries": summaries}
+
+
+def test_every_stage_leaves_its_outputs(
+    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData
+) -> None:
+    ws, cb, summaries = smoke_run["workdir"], smoke_run["cb"], smoke_run["summaries"]
+    assert list(summaries) == list(pipeline.STAGES)
+    assert cb.stages_with("stage_finished") == list(pipeline.STAGES)
+    for stage in pipeline.STAGES:
+        assert json.loads((ws / "stages" / f"{stage}.json").read_text()) == json.loads(
+            json.dumps(summaries[stage], default=str)
+        )
+
+    rows = [json.loads(line) for line in (ws / "teacher_samples.jsonl").read_text().splitlines()]
+    keys = {(r["question_id"], r["temperature"], r["index"]) for r in rows}
+    assert len(rows) == len(keys) == TRAIN * PER_QUESTION
+    assert {r["question_id"] for r in rows} == {it.id for it in data.train}
+    assert len(cb.teacher) == len(rows)  # every response went through the persistence hook
+    assert summaries["teacher_sampling"]["samples"] == TRAIN * PER_QUESTION
+    assert summaries["teacher_sampling"]["usage"]["samples"] == TRAIN * PER_QUESTION
+
+    sft_model, tok = load_causal_lm(ws / "sft")
+    assert tok.padding_side == "left"
+    labels = [json.loads(line) for line in (ws / "labels.jsonl").read_text().splitlines()]
+    stats = json.loads((ws / "label_stats.json").read_text())
+    assert len(labels) == stats["labels"] == len(cb.label_calls[0][0]) > 0
+    assert stats["student_labels"] == stats["questions_kept"] * spec.labels.student_samples
+    assert sum(h["count"] for h in stats["agreement_histogram"]) == stats["questions_kept"]
+    assert stats["accuracy_vs_gold"] is not None  # arithmetic has gold answers to report against
+    student_rows = (ws / "student_samples.jsonl").read_text().splitlines()
+    assert len(student_rows) == len(cb.student) == stats["student_labels"]
+
+    rm = AutoModelForSequenceClassification.from_pretrained(str(ws / "reward_model"), local_files_only=True)
+    assert rm.config.num_labels == 1
+    assert summaries["reward_model"]["accuracy"] is not None
+
+    rl_model, _ = load_causal_lm(ws / "rl")
+    changed = [
+        name
+        for (name, a), b in zip(sft_model.state_dict().items(), rl_model.state_dict().values(), strict=True)
+        if not torch.equal(a, b)
+    ]
+    assert changed  # RL moved the policy away from the SFT checkpoint
+    assert summaries["rl"]["reward_source"] == "reward_model" and summaries["rl"]["steps"] == 3
+
+    evaluation = json.loads((ws / "evaluation.json").read_text())
+    assert set(evaluation) == {"teacher", "sft", "rl"}
+    for name, res in evaluation.items():
+        assert res["n"] == TEST and 0.0 <= res["accuracy"] <= 1.0
+        assert res["ci95"][0] <= res["accuracy"] <= res["ci95"][1]
+        items = (ws / "eval_items" / f"{name}.jsonl").read_text().splitlines()
+        assert len(items) == TEST
+        assert sum(json.loads(r)["correct"] for r in items) == round(res["accuracy"] * TEST)
+    assert [r.model for r in cb.evaluations] == ["teacher", "sft", "rl"]
+    assert [(s, k) for s, k, _ in cb.checkpoints] == [
+        ("sft", "policy"),
+        ("reward_model", "reward_model"),
+        ("rl", "policy"),
+    ]
+    # resume state is removed once a stage has saved its final checkpoint
+    assert not any((ws / f"{s}_state").exists() for s in ("sft", "reward_model", "rl"))
+
+
+def test_a_second_run_skips_every_stage(
+    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData, arith_teacher_url: str
+) -> None:
+    ws = smoke_run["workdir"]
+    before = health(arith_teacher_url)["requests"]
+    cb = Recorder()
+    again = pipeline.run_pipeline(spec, data=data, workdir=ws, callbacks=cb)
+    assert cb.stages_with("stage_skipped") == list(pipeline.STAGES)
+    assert cb.stages_with("stage_started") == []
+    assert again == {s: json.loads((ws / "stages" / f"{s}.json").read_text()) for s in pipeline.STAGES}
+    assert health(arith_teacher_url)["requests"] == before  # the teacher is not asked again
+    assert not cb.teacher and not cb.checkpoints
+
+
+def test_deleting_the_rl_outputs_reruns_only_rl(
+    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData
+) -> None:
+    ws = smoke_run["workdir"]
+    first_rl = load_causal_lm(ws / "rl")[0].state_dict()
+    evaluation = (ws / "evaluation.json").read_text()
+    (ws / "stages" / "rl.json").unlink()
+    shutil.rmtree(ws / "rl")
+    cb = Recorder()
+    pipeline.run_pipeline(spec, data=data, workdir=ws, callbacks=cb)
+    assert cb.stages_with("stage_started") == ["rl"]
+    assert cb.stages_with("stage_skipped") == [s for s in pipeline.STAGES if s != "rl"]
+    assert (ws / "stages" / "rl.json").exists()
+    rerun_rl = load_causal_lm(ws / "rl")[0].state_dict()
+    # same seed, same inputs: the rerun reproduces the first RL checkpoint
+    assert all(torch.allclose(first_rl[k], rerun_rl[k], atol=1e-6) for k in first_rl)
+    assert (ws / "evaluation.json").read_text() == evaluation
+
+
+def test_teacher_sampling_resumes_by_requesting_only_missing_samples(
+    smoke_run: dict[str, Any],
+    spec: JobSpec,
+    data: pipeline.TaskData,
+    arith_teacher_url: str,
+    tmp_path: Path,
+) -> None:
+    lines = (smoke_run["workdir"] / "teacher_samples.jsonl").read_text().splitlines()
+    kept = lines[::2]  # every other sample: some questions lose one index of a temperature, some lose more
+    (tmp_path / "teacher_samples.jsonl").write_text("\n".join(kept) + "\n")
+    before = health(arith_teacher_url)
+    cb = Recorder()
+    summary = pipeline.run_pipeline(
+        spec, data=data, workdir=tmp_path, callbacks=cb, stages=["teacher_sampling"]
+    )
+    after = health(arith_teacher_url)
+    stage = summary["teacher_sampling"]
+    missing = len(lines) - len(kept)
+    assert stage["reused"] == len(kept) and stage["samples"] == len(lines)
+    assert stage["usage"]["samples"] == missing == len(cb.teacher)
+    assert after["rows"] - before["rows"] == missing  # the server generated only the missing completions
+    assert after["requests"] - before["requests"] == stage["usage"]["requests"]
+    rows = [json.loads(line) for line in (tmp_path / "teacher_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == len({(r["question_id"], r["temperature"], r["index"]) for r in rows}) == len(lines)
+    assert json.loads((tmp_path / "stages" / "teacher_sampling.json").read_text())["reused"] == len(kept)
