@@ -105,9 +105,11 @@ def _print_json(value: BaseModel | Iterable[BaseModel]) -> None:
 
 
 def _table(*columns: str) -> Table:
+    """A plain table; ids and times never wrap or get cut (people copy them), other columns give way."""
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in columns:
-        table.add_column(column)
+        keep = column in ("id", "created")
+        table.add_column(column, no_wrap=keep, overflow="fold" if keep else "ellipsis")
     return table
 
 
@@ -229,6 +231,10 @@ def _print_outcome(job: Job) -> None:
         console.print_json(data=job.summary)
 
 
+def _show_status(job: Job, as_json: bool) -> None:
+    _print_json(job) if as_json else console.print(Text.assemble(f"job {job.id} ", _status(job.status)))
+
+
 def _exit_for(job: Job) -> None:
     if job.status in ("failed", "cancelled"):
         sys.exit(EXIT_JOB_FAILED)
@@ -271,8 +277,7 @@ def get_job(job_id: str, as_json: bool) -> None:
 def cancel_job(job_id: str, as_json: bool) -> None:
     """Cancel a pending or running job."""
     with _client() as client:
-        job = client.jobs.cancel(job_id)
-    _print_json(job) if as_json else console.print(Text.assemble(f"job {job.id} ", _status(job.status)))
+        _show_status(client.jobs.cancel(job_id), as_json)
 
 
 @_command(jobs, "retry")
@@ -280,8 +285,7 @@ def cancel_job(job_id: str, as_json: bool) -> None:
 def retry_job(job_id: str, as_json: bool) -> None:
     """Re-run a failed or cancelled job from its first unfinished stage."""
     with _client() as client:
-        job = client.jobs.retry(job_id)
-    _print_json(job) if as_json else console.print(Text.assemble(f"job {job.id} ", _status(job.status)))
+        _show_status(client.jobs.retry(job_id), as_json)
 
 
 @_command(jobs, "logs")

@@ -15,7 +15,7 @@ from typing import Any, TypedDict, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from ._exceptions import APIConnectionError, APITimeoutError, TwofoldError, make_status_error
+from ._exceptions import APIConnectionError, APIError, APITimeoutError, TwofoldError, make_status_error
 from ._version import __version__
 from .pagination import AsyncPage, SyncPage
 
@@ -99,6 +99,20 @@ def retry_delay(retries_taken: int, response: httpx.Response | None = None) -> f
         return after
     delay = min(INITIAL_RETRY_DELAY * 2.0**retries_taken, MAX_RETRY_DELAY)
     return delay * (1.0 - 0.25 * random.random())
+
+
+def parse(response: httpx.Response, cast_to: type[ModelT]) -> ModelT:
+    """The JSON body of a successful response as ``cast_to``; a body that is not that object is an APIError
+    (a proxy's HTML page, another service on the port), not a bare ValueError."""
+    try:
+        return cast_to.model_validate(response.json())
+    except ValueError as exc:  # JSONDecodeError and pydantic's ValidationError are both ValueErrors
+        raise APIError(
+            f"unexpected response from {response.request.method} {response.request.url.path} "
+            f"(HTTP {response.status_code}): not a {cast_to.__name__}: {str(exc)[:300]}",
+            request=response.request,
+            body=response.text[:2000],
+        ) from exc
 
 
 class BaseClient:
@@ -242,7 +256,7 @@ class SyncAPIClient(BaseClient):
 
     def get(self, path: str, cast_to: type[ModelT], *, params: Any = None, options: Any = None) -> ModelT:
         """GET ``path`` and parse the JSON body as ``cast_to``."""
-        return cast_to.model_validate(self.request("GET", path, params=params, options=options).json())
+        return parse(self.request("GET", path, params=params, options=options), cast_to)
 
     def post(
         self,
@@ -259,7 +273,7 @@ class SyncAPIClient(BaseClient):
         response = self.request(
             "POST", path, json=json, files=files, data=data, idempotency_key=idempotency_key, options=options
         )
-        return cast_to.model_validate(response.json())
+        return parse(response, cast_to)
 
     def get_page(
         self,
@@ -271,7 +285,7 @@ class SyncAPIClient(BaseClient):
     ) -> SyncPageT:
         """GET a list endpoint; the page fetches its successors itself with ``after=<last id>``."""
         params = dict(params or {})
-        page = page_cls.model_validate(self.request("GET", path, params=params, options=options).json())
+        page = parse(self.request("GET", path, params=params, options=options), page_cls)
         page._fetch = lambda after: self.get_page(
             path, page_cls, params={**params, "after": after}, options=options
         )
@@ -329,7 +343,7 @@ class AsyncAPIClient(BaseClient):
     ) -> ModelT:
         """GET ``path`` and parse the JSON body as ``cast_to``."""
         response = await self.request("GET", path, params=params, options=options)
-        return cast_to.model_validate(response.json())
+        return parse(response, cast_to)
 
     async def post(
         self,
@@ -346,7 +360,7 @@ class AsyncAPIClient(BaseClient):
         response = await self.request(
             "POST", path, json=json, files=files, data=data, idempotency_key=idempotency_key, options=options
         )
-        return cast_to.model_validate(response.json())
+        return parse(response, cast_to)
 
     async def get_page(
         self,
@@ -359,7 +373,7 @@ class AsyncAPIClient(BaseClient):
         """GET a list endpoint; the page fetches its successors itself with ``after=<last id>``."""
         params = dict(params or {})
         response = await self.request("GET", path, params=params, options=options)
-        page = page_cls.model_validate(response.json())
+        page = parse(response, page_cls)
         page._fetch = lambda after: self.get_page(
             path, page_cls, params={**params, "after": after}, options=options
         )

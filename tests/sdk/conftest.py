@@ -3,14 +3,18 @@
 ``api_server`` (session): the embedded mode (SQLite, jobs run in-process, no broker) with the shared tiny
 teacher for the presets. ``aux_server`` (session): a second server with a tiny rate limit and upload limit, and
 a Celery broker URL that points at a loopback port which a test opens and closes (a TCP relay to the real
-Redis), so that ``/readyz`` really answers 503 and then 200.
+Redis), so that ``/readyz`` really answers 503 and then 200. ``client`` is an SDK client of ``api_server`` and
+``smoke`` the ``smoke`` preset run there to the end once per session (shared by the SDK and CLI tests).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import twofold_client as tc
 
 from tests.sdk.servers import REDIS, ApiServer, TcpRelay, free_port, start_server, stop_server
 
@@ -47,3 +51,21 @@ def aux_server(tmp_path_factory: pytest.TempPathFactory, broker_relay: TcpRelay)
     )
     yield server
     stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def client(api_server: ApiServer) -> tc.Client:
+    """A client of the embedded server."""
+    return tc.Client(base_url=api_server.url, api_key=api_server.api_key, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def smoke(client: tc.Client) -> dict[str, Any]:
+    """The ``smoke`` preset run to the end: created, its events streamed live, then waited for."""
+    job = client.jobs.create(preset="smoke", metadata={"suite": "sdk", "run": uuid.uuid4().hex[:8]})
+    assert job.status == "pending" and job.preset == "smoke"
+    with client.jobs.events(job.id, stream=True) as stream:
+        live = list(stream)
+    updates: list[tc.Job] = []
+    finished = client.jobs.wait(job.id, poll_interval=0.5, timeout=900, on_update=updates.append)
+    return {"created": job, "job": finished, "live": live, "updates": updates}

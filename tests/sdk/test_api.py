@@ -20,24 +20,6 @@ from tests.sdk.servers import ApiServer, TcpRelay
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def client(api_server: ApiServer) -> tc.Client:
-    """A client of the embedded server."""
-    return tc.Client(base_url=api_server.url, api_key=api_server.api_key, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def smoke(client: tc.Client) -> dict[str, Any]:
-    """The ``smoke`` preset run to the end: created, its events streamed live, then waited for."""
-    job = client.jobs.create(preset="smoke", metadata={"suite": "sdk", "run": uuid.uuid4().hex[:8]})
-    assert job.status == "pending" and job.preset == "smoke"
-    with client.jobs.events(job.id, stream=True) as stream:
-        live = list(stream)
-    updates: list[tc.Job] = []
-    finished = client.jobs.wait(job.id, poll_interval=0.5, timeout=900, on_update=updates.append)
-    return {"created": job, "job": finished, "live": live, "updates": updates}
-
-
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 

@@ -319,3 +319,20 @@ def test_missing_configuration_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     assert (client.base_url, client.api_key) == ("http://127.0.0.1:1", "from-env")
     with pytest.raises(tc.TwofoldError, match="exactly one of `spec`"):
         client.jobs.create()
+
+
+def test_a_body_that_is_not_the_object_is_an_api_error() -> None:
+    html = Reply(200, b"<html>proxy login</html>", {"Content-Type": "text/html"})
+    with (
+        LoopbackServer(lambda s: html) as srv,
+        _client(srv.url) as client,
+        pytest.raises(tc.APIError) as info,
+    ):
+        client.jobs.retrieve("j1")
+    assert "not a Job" in info.value.message and info.value.body == "<html>proxy login</html>"
+    with (
+        LoopbackServer(lambda s: Reply(200, {"object": "job"})) as srv,  # valid JSON, no id nor status
+        _client(srv.url) as client,
+        pytest.raises(tc.APIError, match="not a Job"),
+    ):
+        client.jobs.retrieve("j1")
