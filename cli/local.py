@@ -39,9 +39,14 @@ def preflight(spec: Any) -> None:
     if spec.data.path and not Path(spec.data.path).exists():
         raise click.ClickException(f"data.path: {spec.data.path} does not exist")
     try:
-        check_sync(spec.teacher)
+        served = check_sync(spec.teacher)
     except TeacherError as exc:
         raise click.ClickException(f"teacher.base_url: {exc}") from exc
+    if served and spec.teacher.model not in served:
+        raise click.ClickException(
+            f"teacher.model: {spec.teacher.model!r} is not served at {spec.teacher.base_url} "
+            f"(it serves: {', '.join(served)})"
+        )
 
 
 @click.command("run")
@@ -78,10 +83,13 @@ def run_cmd(job_file: Path, out_dir: Path | None, stages: tuple[str, ...]) -> No
     except KeyboardInterrupt:
         click.echo(f"interrupted; rerun the same command to resume from {out}", err=True)
         sys.exit(130)
-    except Exception:
+    except Exception as exc:
         if fresh and not any((out / "stages").glob("*.json")):
             shutil.rmtree(out, ignore_errors=True)  # nothing useful was produced: leave nothing behind
-        raise
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        raise click.ClickException(
+            f"{type(exc).__name__}: {exc}\nfinished stages are kept in {out}; rerun the same command to resume"
+        ) from exc
     ev = summaries.get("evaluation")
     if ev:
         click.echo(_eval_table({k: v for k, v in ev.items() if isinstance(v, dict)}))
