@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -412,7 +413,8 @@ class StageRunner:
                 heartbeat.stop()
                 self._release(claim, token, reason=f"database error: {type(exc).__name__}")
                 raise TransientStageError(str(exc)) from exc
-            log.exception("stage %s of job %s failed", claim.stage, claim.job_id)
+            trace = cb._scrub("".join(traceback.format_exception(exc)))  # logs never carry the teacher key
+            log.error("stage %s of job %s failed:\n%s", claim.stage, claim.job_id, trace)
             outcome, error = "failed", self._describe(exc, cb)
         finally:
             heartbeat.stop()

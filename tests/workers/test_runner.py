@@ -20,9 +20,9 @@ from store import jobs as ops
 from store.artifacts import ArtifactStore
 from store.db import make_session_factory, transaction
 from store.dispatch import NullDispatcher
-from store.models import Job, StageRun, TeacherSampleRow, Tenant, utcnow
+from store.models import Event, Job, StageRun, TeacherSampleRow, Tenant, utcnow
 from store.settings import Settings
-from store.testing import pg_engine, pg_url  # noqa: F401  (fixtures)
+from store.testing import free_port, pg_engine, pg_url  # noqa: F401  (fixtures)
 from workers.runner import Runtime, StageRunner
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -51,8 +51,8 @@ def _rows(teacher: str) -> int:
     return int(httpx.get(teacher.removesuffix("/v1") + "/health", timeout=10).json()["rows"])
 
 
-def _job(rt: Runtime, teacher: str, **sections: dict[str, Any]) -> tuple[uuid.UUID, list[uuid.UUID]]:
-    spec = preset_spec("smoke", teacher_base_url=teacher, teacher_model="tiny-teacher")
+def _job(rt: Runtime, teacher_url: str, **sections: dict[str, Any]) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    spec = preset_spec("smoke", teacher_base_url=teacher_url, teacher_model="tiny-teacher")
     for name, values in sections.items():
         spec[name] = {**spec[name], **values}
     with transaction(rt.session_factory) as s:
@@ -141,3 +141,35 @@ def test_a_worker_that_lost_its_claim_stops_and_writes_nothing(rt: Runtime, teac
             None,
         )
         assert s.get(Job, job_id).status == "running"  # type: ignore[union-attr]
+
+
+def test_a_failing_stage_fails_the_job_with_a_clear_error_and_never_shows_the_key(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    secret = "sk-must-not-leak-42"
+    job_id, stages = _job(rt, dead, teacher={"api_key": secret, "max_retries": 0, "timeout_s": 2.0})
+    with transaction(rt.session_factory) as s:  # as the API stores it: the key in its own column
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.teacher_api_key, job.spec = (
+            secret,
+            {**job.spec, "teacher": {**job.spec["teacher"], "api_key": None}},
+        )
+    assert StageRunner(rt, worker="w").run(stages[0]) == "failed"
+    with rt.session_factory() as s:
+        job = s.get(Job, job_id)
+        row = s.get(StageRun, stages[0])
+        assert job is not None and row is not None
+        assert (job.status, job.error_code, job.error_stage) == ("failed", "stage_failed", "teacher_sampling")
+        assert row.status == "failed" and row.error and job.error_message == row.error
+        assert [st.status for st in ops.stages_of(s, job_id)][1:] == ["pending"] * 5
+        events = s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.seq)).all()
+        assert [e.type for e in events][-2:] == ["stage.failed", "job.failed"]
+        stored = " ".join(f"{e.message} {e.data}" for e in events) + (row.error or "")
+    assert secret not in stored and secret not in caplog.text
+    with transaction(rt.session_factory) as s:
+        first = ops.reset_for_retry(s, ops.lock_job(s, job_id))
+        assert first.id == stages[0]
+    with rt.session_factory() as s:
+        assert s.get(Job, job_id).status == "pending"  # type: ignore[union-attr]
