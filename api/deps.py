@@ -125,7 +125,10 @@ class Page:
 
 def page_params(
     limit: Annotated[int, Query(ge=1, le=100, description="items per page (1..100)")] = 20,
-    after: Annotated[str | None, Query(max_length=64, description="id of the last item already seen")] = None,
+    after: Annotated[
+        str | None,
+        Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="id of the last item already seen"),
+    ] = None,
 ) -> Page:
     """Read ``limit`` and ``after`` from the query string."""
     return Page(limit=limit, after=after)
@@ -150,6 +153,7 @@ def idempotency_params(
             alias="Idempotency-Key",
             min_length=1,
             max_length=255,
+            pattern=r"^[\x20-\x7e]+$",
             description="repeat a POST safely: the same key and body return the first response",
         ),
     ] = None,

@@ -36,6 +36,12 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorOut} for s in statuses}
 
 
+#: Text without control characters (PostgreSQL cannot store NUL, and none belongs in names or filters).
+PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
+#: Metadata keys: letters, digits and ``_ . : -`` (they appear in ``?metadata[key]=`` filters).
+METADATA_KEY = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
 class StrictModel(BaseModel):
     """A request body that rejects unknown fields (a typo must not be silently ignored)."""
 

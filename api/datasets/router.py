@@ -11,7 +11,7 @@ from api.datasets import service
 from api.datasets.schemas import DatasetOut
 from api.deps import ArtifactsDep, CurrentTenant, IdempotencyDep, PageDep, SessionDep, SettingsDep
 from api.idempotency import fingerprint, respond
-from api.schemas import ListOut, error_responses
+from api.schemas import PLAIN_TEXT, ListOut, error_responses
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -26,7 +26,9 @@ def upload_dataset(
     file: Annotated[
         UploadFile, File(description="JSONL: {question, answer?, id?} or {messages, answer?} per line")
     ],
-    name: Annotated[str | None, Form(max_length=200, description="defaults to the file name")] = None,
+    name: Annotated[
+        str | None, Form(max_length=200, pattern=PLAIN_TEXT, description="defaults to the file name")
+    ] = None,
 ) -> JSONResponse:
     """Upload a JSONL dataset; every line is validated (422 names the line), over the size limit -> 413."""
     digest = service.file_sha256(file.file)

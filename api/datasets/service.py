@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Iterable
 from typing import IO, Any
@@ -27,6 +28,7 @@ BUILTIN_DATASETS: dict[str, str] = {
     "arithmetic": "generated multi-step arithmetic word problems",
 }
 _FIELDS = ("question", "messages", "answer", "id", "metadata")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ROLES = ("system", "user", "assistant")
 
 
@@ -144,7 +146,7 @@ def create_dataset(
     except BaseException:
         artifacts.delete(key)
         raise
-    display = (name or os.path.basename(filename or "") or "dataset.jsonl").strip()[:200] or "dataset.jsonl"
+    display = _CONTROL.sub("", name or os.path.basename(filename or "")).strip()[:200] or "dataset.jsonl"
     row = Dataset(
         id=dataset_id,
         tenant_id=who.tenant_id,
@@ -200,8 +202,15 @@ def _parse_line(raw: bytes, line_no: int) -> dict[str, Any] | None:
         )
         if not ok:
             raise ValidationFailed("must be a non-empty string or a finite number", param=f"{where}: answer")
-    if "id" in row and (not isinstance(row["id"], str) or not row["id"].strip() or len(row["id"]) > 200):
-        raise ValidationFailed("must be a non-empty string of at most 200 characters", param=f"{where}: id")
+    if "id" in row and (
+        not isinstance(row["id"], str)
+        or not row["id"].strip()
+        or len(row["id"]) > 200
+        or _CONTROL.search(row["id"])
+    ):
+        raise ValidationFailed(
+            "must be a non-empty string of at most 200 printable characters", param=f"{where}: id"
+        )
     if "metadata" in row and not isinstance(row["metadata"], dict):
         raise ValidationFailed("must be an object", param=f"{where}: metadata")
     return row

@@ -20,10 +20,11 @@ from api.errors import ValidationFailed
 from api.idempotency import fingerprint, respond
 from api.jobs import service
 from api.jobs.schemas import JobCreate, JobOut, StageRunOut, StatusName
-from api.schemas import ListOut, error_responses
+from api.schemas import PLAIN_TEXT, ListOut, error_responses
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-_METADATA_PARAM = re.compile(r"^metadata\[([^\]]{1,64})\]$")
+_METADATA_PARAM = re.compile(r"^metadata\[([A-Za-z0-9_.:-]{1,64})\]$")
+_PLAIN = re.compile(PLAIN_TEXT)
 
 
 @router.post("", status_code=201, response_model=JobOut, responses=error_responses(404, 409, 422, 503))
@@ -62,7 +63,11 @@ def list_jobs(
         if name.startswith("metadata"):
             match = _METADATA_PARAM.match(name)
             if not match:
-                raise ValidationFailed("filter tags as metadata[key]=value", param=name)
+                raise ValidationFailed(
+                    "filter tags as metadata[key]=value (key: letters, digits, _ . : -)", param=name[:80]
+                )
+            if not _PLAIN.match(value) or len(value) > 500:
+                raise ValidationFailed("must be printable text of at most 500 characters", param=name)
             metadata[match.group(1)] = value
     data, more = service.list_jobs(session=session, who=who, page=page, status=status, metadata=metadata)
     return ListOut[JobOut](data=data, has_more=more)

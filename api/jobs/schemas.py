@@ -7,11 +7,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from api.schemas import StrictModel
+from api.schemas import METADATA_KEY, PLAIN_TEXT, StrictModel
 
 StatusName = Literal["pending", "running", "succeeded", "failed", "cancelled"]
-MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-MetadataValue = Annotated[str, StringConstraints(max_length=500)]
+MetadataKey = Annotated[str, StringConstraints(pattern=METADATA_KEY)]
+MetadataValue = Annotated[str, StringConstraints(max_length=500, pattern=PLAIN_TEXT)]
 
 
 class JobCreate(StrictModel):
@@ -25,7 +25,10 @@ class JobCreate(StrictModel):
         description="a job spec: teacher, student, data, sft, labels, reward_model, rl, evaluation, seed",
     )
     dataset: str | None = Field(
-        None, max_length=64, description="an uploaded dataset id, or gsm8k / mmlu_pro / arithmetic"
+        None,
+        max_length=64,
+        pattern=PLAIN_TEXT,
+        description="an uploaded dataset id, or gsm8k / mmlu_pro / arithmetic",
     )
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, max_length=50, description="your tags (filter with ?metadata[key]=value)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import uuid
 from collections import defaultdict
 from datetime import datetime
@@ -208,11 +209,25 @@ def resolve_spec(
     if data.get("task") in DATA_DIR_TASKS:
         data["path"] = str(Path(settings.data_dir).resolve() / data["task"])
     try:
-        return JobSpec.from_dict(raw), dataset_id
+        spec = JobSpec.from_dict(raw)
     except (TypeError, ValueError) as exc:
         if hasattr(exc, "param"):
             raise  # a ConfigError: mapped to 422 with its field path
         raise ValidationFailed(str(exc), param="spec") from exc
+    _check_finite(spec.to_dict(), "")
+    return spec, dataset_id
+
+
+def _check_finite(value: Any, path: str) -> None:
+    """Refuse NaN and infinities (JSON cannot store them, and no setting means them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationFailed("must be a finite number", param=path)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{path}[{i}]")
 
 
 def create(

@@ -17,7 +17,7 @@ from api.results.schemas import (
     RewardLabelList,
     SampleOut,
 )
-from api.schemas import ListOut, error_responses
+from api.schemas import PLAIN_TEXT, ListOut, error_responses
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 
@@ -29,7 +29,9 @@ def list_samples(
     session: SessionDep,
     page: PageDep,
     source: Annotated[Literal["teacher", "student"], Query(description="whose responses")] = "teacher",
-    question_id: Annotated[str | None, Query(max_length=200, description="only this question")] = None,
+    question_id: Annotated[
+        str | None, Query(max_length=200, pattern=PLAIN_TEXT, description="only this question")
+    ] = None,
 ) -> ListOut[SampleOut]:
     """Teacher (default) or student samples, oldest first."""
     job = get_job(session=session, who=who, job_id=job_id)
@@ -95,7 +97,9 @@ def list_metrics(
     job_id: str,
     who: CurrentTenant,
     session: SessionDep,
-    stage: Annotated[str | None, Query(max_length=32, description="only this stage's curves")] = None,
+    stage: Annotated[
+        str | None, Query(max_length=32, pattern=PLAIN_TEXT, description="only this stage's curves")
+    ] = None,
 ) -> ListOut[MetricOut]:
     """Training curves (up to 10,000 points; ``has_more`` says if some were left out)."""
     job = get_job(session=session, who=who, job_id=job_id)

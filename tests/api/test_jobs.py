@@ -201,3 +201,27 @@ def test_create_publishes_the_first_stage_to_its_queue(make_api: Callable[..., o
     finally:
         for key in r.scan_iter(f"{prefix}*"):
             r.delete(key)
+
+
+def test_input_the_database_cannot_hold_is_refused_not_a_500(api) -> None:
+    r = api.client.post(
+        "/v1/jobs",
+        headers={**api.a, "Content-Type": "application/json"},
+        content=json.dumps({"spec": api.spec(rl={"reward_scale": float("nan")})}).encode(),
+    )
+    assert r.status_code == 422 and r.json()["error"]["param"] == "rl.reward_scale"
+    bad_key = api.client.post("/v1/jobs", headers=api.a, json={"preset": "smoke", "metadata": {"a b": "x"}})
+    assert bad_key.status_code == 422
+    nul_value = api.client.post(
+        "/v1/jobs", headers=api.a, json={"preset": "smoke", "metadata": {"k": "a\x00b"}}
+    )
+    assert nul_value.status_code == 422
+    job = api.create_job(api.a)
+    for path, params in [
+        (f"/v1/jobs/{job['id']}/samples", {"question_id": "q\x00"}),
+        (f"/v1/jobs/{job['id']}/metrics", {"stage": "s\x00"}),
+        ("/v1/jobs", {"metadata[team]": "x\x00"}),
+        ("/v1/jobs", {"after": "x\x00"}),
+    ]:
+        r = api.client.get(path, headers=api.a, params=params)
+        assert r.status_code in (400, 422), (path, r.text)
