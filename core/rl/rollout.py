@@ -307,9 +307,12 @@ def run_rl(
         save_state(state_path, step, payload)
         last_saved = step
 
+    if cfg.eval_every and evaluate is None:
+        callbacks.event(
+            stage, "warning", "no_evaluator", "rl.eval_every is set but no evaluate function was given"
+        )
     was_training = policy.training
     started = time.monotonic()
-    step = start
     for step in range(start, cfg.steps):
         if callbacks.should_stop():
             if state_path is not None and step > last_saved:
