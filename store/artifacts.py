@@ -8,7 +8,6 @@ checked by :meth:`ArtifactStore.resolve`, which refuses anything that would leav
 from __future__ import annotations
 
 import hashlib
-import os
 import posixpath
 import queue
 import re
@@ -16,7 +15,7 @@ import shutil
 import tarfile
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -231,26 +230,3 @@ def dir_digest(path: Path) -> tuple[int, str]:
                 digest.update(block)
                 total += len(block)
     return total, digest.hexdigest()
-
-
-def copy_stream(chunks: Iterable[bytes], out: IO[bytes]) -> tuple[int, str]:
-    """Write ``chunks`` to ``out``; returns (bytes written, sha256)."""
-    digest = hashlib.sha256()
-    total = 0
-    for block in chunks:
-        digest.update(block)
-        out.write(block)
-        total += len(block)
-    return total, digest.hexdigest()
-
-
-def file_chunks(fh: IO[bytes]) -> Iterator[bytes]:
-    """Blocks of an open binary file."""
-    while block := fh.read(CHUNK):
-        yield block
-
-
-def safe_name(name: str) -> str:
-    """A file-system-neutral display name (for Content-Disposition), never used as a path."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(name))[:100]
-    return cleaned or "artifact"
