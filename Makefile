@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast lint bench services clean
+.PHONY: install demo test test-fast lint bench services browser clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,7 +24,17 @@ demo: $(STAMP)
 services:
 	bash scripts/ensure_services.sh
 
-test: $(STAMP) services
+# Headless Chromium for the dashboard's browser tests: Debian's package, installed once, quietly. Never
+# `playwright install` (its download fails here). Without apt-get the browser tests skip (fail under CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser tests"; \
+	    $(SUDO) apt-get update -qq >/dev/null && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "no apt-get: install chromium yourself to run the browser tests"; fi; }
+
+test: $(STAMP) services browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-fast: $(STAMP)

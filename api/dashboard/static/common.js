@@ -66,6 +66,21 @@ export async function api(path, { method = "GET", json, form, headers = {} } = {
   return data;
 }
 
+/** Every item of a paginated /v1 list (`path` without a query), at most `maxPages` pages of 100. */
+export async function listAll(path, maxPages = 10) {
+  const items = [];
+  let after = null;
+  for (let i = 0; i < maxPages; i += 1) {
+    const q = new URLSearchParams({ limit: "100" });
+    if (after) q.set("after", after);
+    const page = await api(`${path}?${q}`);
+    items.push(...page.data);
+    if (!page.has_more || !page.data.length) break;
+    after = page.data[page.data.length - 1].id;
+  }
+  return items;
+}
+
 /** Create an element: `el("td", {class: "num", text: "3"}, child, ...)`; strings become text nodes. */
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);

@@ -123,6 +123,13 @@ function renderStages() {
 }
 
 // --- teacher sampling ---------------------------------------------------------------------------------------
+/** The sampling setup in a few words ("temperatures 0.7, 1 · 2 samples each · up to 48 tokens"). */
+function sampling() {
+  const t = (job.spec && job.spec.teacher) || {};
+  const temps = Array.isArray(t.temperatures) ? t.temperatures.join(", ") : "?";
+  return `temperatures ${temps} · ${t.n ?? "?"} samples each · up to ${t.max_tokens ?? "?"} tokens`;
+}
+
 function renderTeacher() {
   const s = stageOf("teacher_sampling");
   const metrics = (s && s.metrics) || {};
@@ -138,7 +145,7 @@ function renderTeacher() {
       stat("retries", fmtNum(usage.retries), { bad: usage.retries > 0 }),
     ];
     fill("teacher-stats", stats);
-    const parts = [];
+    const parts = [sampling()];
     if (metrics.samples > 0 && metrics.parseable !== undefined) parts.push(`${fmtPct(metrics.parseable / metrics.samples)} of answers parsed`);
     if (metrics.reused) parts.push(`${fmtNum(metrics.reused)} samples reused from an earlier attempt`);
     note.textContent = parts.join(" · ");
@@ -153,7 +160,8 @@ function renderTeacher() {
     stat("warnings", fmtNum(teacherWarnings), { bad: teacherWarnings > 0 }),
     stat("retries", fmtNum(teacherRetries), { bad: teacherRetries > 0 }),
   );
-  note.textContent = s && s.status === "pending" ? "Not started." : "Request and token counts appear when the stage finishes; retries so far are counted from the event log.";
+  const later = "request and token counts appear when the stage finishes; retries so far are counted from the event log";
+  note.textContent = `${sampling()} · ${s && s.status === "pending" ? "not started" : later}`;
 }
 
 // --- pseudo-labels ------------------------------------------------------------------------------------------
@@ -291,8 +299,7 @@ function renderCheckpoints() {
         el("td", { class: "num", text: fmtNum(c.step) }),
         el("td", { class: "num", text: fmtBytes(c.size_bytes) }),
         el("td", { text: scores(c) }),
-        el("td", {}, el("code", { text: c.sha256.slice(0, 10), title: c.sha256 })),
-        el("td", { text: fmtTime(c.created_at, { timeOnly: true }), title: c.created_at }),
+        el("td", { title: `saved ${fmtTime(c.created_at)}` }, el("code", { text: c.sha256.slice(0, 8), title: c.sha256 })),
         el("td", {}, el("a", { href: c.download_url, download: "", class: "download", text: "Download" })),
       ),
     ),

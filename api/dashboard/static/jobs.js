@@ -1,6 +1,6 @@
 // The jobs list: newest first, filtered by status, refreshed every few seconds.
 import {
-  PREFIX, STAGE_TITLES, FINISHED, api, el, statusBadge, progressBar, fmtDuration, fmtTime, secondsBetween,
+  PREFIX, STAGE_TITLES, FINISHED, api, listAll, el, statusBadge, progressBar, fmtDuration, fmtTime, secondsBetween,
   studentName, datasetName, showError, clearError, every,
 } from "./common.js";
 
@@ -12,6 +12,7 @@ const errorBox = document.getElementById("jobs-error");
 const more = document.getElementById("jobs-more");
 let older = []; // pages fetched with "Show older jobs" (not refreshed)
 let hasMore = false;
+const datasetNames = new Map(); // uploaded dataset id -> name (jobs carry only the id)
 
 filter.value = new URLSearchParams(location.search).get("status") || "";
 
@@ -42,15 +43,23 @@ function row(job) {
     el("td", {}, progressBar(job.progress, { status: job.status, label: job.status === "succeeded" ? null : stage })),
     el("td", { class: "teacher", text: teacher.model || "—" }),
     el("td", { class: "student", text: studentName(job.spec) }),
-    el("td", { class: "dataset", text: datasetName(job) }),
+    el("td", { class: "dataset", text: datasetNames.get(job.dataset) || datasetName(job), title: job.dataset || undefined }),
     el("td", { class: "created", text: fmtTime(job.created_at), title: job.created_at }),
     el("td", { class: "duration", text: running && job.started_at ? `${duration} so far` : duration }),
   );
 }
 
+/** Learn the names of datasets the jobs use that are not known yet (one listing, at most a few pages). */
+async function learnDatasetNames(jobs) {
+  if (jobs.every((j) => !j.dataset || datasetNames.has(j.dataset))) return;
+  for (const d of await listAll("/v1/datasets", 5)) datasetNames.set(d.id, d.name);
+  for (const j of jobs) if (j.dataset && !datasetNames.has(j.dataset)) datasetNames.set(j.dataset, j.dataset);
+}
+
 async function refresh() {
   try {
     const page = await api(query());
+    await learnDatasetNames([...page.data, ...older]);
     clearError(errorBox);
     const jobs = [...page.data, ...older.filter((o) => !page.data.some((j) => j.id === o.id))];
     tbody.replaceChildren(...jobs.map(row));

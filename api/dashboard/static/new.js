@@ -1,6 +1,6 @@
 // New job: upload a JSONL dataset; submit a preset or a spec (YAML or JSON) with the API's own validation
 // messages (error.message and the field in error.param).
-import { PREFIX, ApiError, api, el, fmtNum, showError, clearError } from "./common.js";
+import { PREFIX, ApiError, api, listAll, el, fmtNum, showError, clearError } from "./common.js";
 
 const jobForm = document.getElementById("job-form");
 const presetSelect = document.getElementById("preset");
@@ -34,16 +34,7 @@ async function loadPresets() {
 }
 
 async function loadDatasets(select) {
-  const items = [];
-  let after = null;
-  for (let i = 0; i < 10; i += 1) {
-    const q = new URLSearchParams({ limit: "100" });
-    if (after) q.set("after", after);
-    const page = await api(`/v1/datasets?${q}`);
-    items.push(...page.data);
-    if (!page.has_more || !page.data.length) break;
-    after = page.data[page.data.length - 1].id;
-  }
+  const items = await listAll("/v1/datasets");
   const label = (d) => {
     const rows = d.row_count === null ? "" : ` · ${fmtNum(d.row_count)} rows`;
     const answers = d.has_answers ? "" : " · no answers";
@@ -124,9 +115,9 @@ uploadForm.addEventListener("submit", async (event) => {
   button.disabled = true;
   try {
     const ds = await api("/v1/datasets", { method: "POST", form });
+    await loadDatasets(ds.id);
     uploadResult.textContent = `Uploaded “${ds.name}”: ${fmtNum(ds.row_count)} rows, ${ds.has_answers ? "with" : "without"} answers (id ${ds.id}). It is selected in the job form.`;
     uploadResult.hidden = false;
-    await loadDatasets(ds.id);
   } catch (err) {
     showError(uploadErrors, err);
   } finally {
