@@ -125,7 +125,8 @@ def demo_cmd(out_dir: Path, json_path: Path | None, retrain_teacher: bool, no_go
 
     from core import pipeline
     from core.configs import JobSpec
-    from core.presets import preset_spec, train_tiny_teacher
+    from core.presets import preset_spec
+    from core.tiny_teacher import train_tiny_teacher
     from teacher_server.process import start as start_teacher
 
     if threads:

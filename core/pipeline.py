@@ -246,8 +246,11 @@ def _teacher_sampling(ctx: _Context) -> dict[str, Any]:
     ctx.cb.progress(stage, done, total)
     from core.records import Cancelled
 
+    new_samples: list[TeacherSample] = []
+
     def sink(batch: list[TeacherSample]) -> None:
         nonlocal done
+        new_samples.extend(batch)
         ctx.cb.teacher_samples(batch)  # persist first: a resumed job never pays for these again
         ctx.ws.append_jsonl("teacher_samples.jsonl", (s.to_dict() for s in batch))
         done += len(batch)
@@ -269,8 +272,9 @@ def _teacher_sampling(ctx: _Context) -> dict[str, Any]:
             await client.aclose()
 
     usage = asyncio.run(go())
-    samples = ctx.teacher_samples()
-    parsed = sum(s.answer is not None for s in samples)
+    samples = {s.key: s for s in existing}
+    samples.update((s.key, s) for s in new_samples)
+    parsed = sum(s.answer is not None for s in samples.values())
     return {"samples": len(samples), "reused": len(existing), "parseable": parsed,
             "usage": dataclasses.asdict(usage) if dataclasses.is_dataclass(usage) else dict(usage)}
 
@@ -451,16 +455,27 @@ def evaluate_teacher(ctx: _Context) -> EvalResult:
     from core.teacher import TeacherClient
 
     cfg = ctx.spec.teacher
+    # Responses are kept as they arrive, so a rerun of this stage (a worker died) asks only for the missing ones.
+    cache = "teacher_greedy.jsonl"
+    wave = cfg.concurrency * (cfg.prompts_per_request if cfg.api == "completions" else 1)
 
     def greedy(prompts: list[str]) -> list[str]:
-        async def go() -> list[str]:
+        done = {row["prompt"]: row["text"] for row in ctx.ws.read_jsonl(cache)}
+        missing = [p for p in dict.fromkeys(prompts) if p not in done]
+
+        async def go() -> None:
             client = TeacherClient(cfg, on_event=lambda lv, ty, msg, d: ctx.cb.event("evaluation", lv, ty, msg, d))
             try:
-                return await client.greedy(prompts, max_tokens=ctx.spec.evaluation.max_new_tokens)
+                for i in range(0, len(missing), wave):
+                    chunk = missing[i : i + wave]
+                    texts = await client.greedy(chunk, max_tokens=ctx.spec.evaluation.max_new_tokens)
+                    ctx.ws.append_jsonl(cache, ({"prompt": p, "text": t} for p, t in zip(chunk, texts, strict=True)))
+                    done.update(zip(chunk, texts, strict=True))
             finally:
                 await client.aclose()
 
-        return asyncio.run(go())
+        asyncio.run(go())
+        return [done[p] for p in prompts]
 
     res = evaluate_endpoint(greedy, ctx.data.test, ctx.task, model_name="teacher", benchmark=ctx.data.task)
     _report_eval(ctx, res)

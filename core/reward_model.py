@@ -130,8 +130,8 @@ def train_reward_model(
         if step % 10 == 0 or step == total:
             callbacks.metrics(stage, step, metrics)
             callbacks.progress(stage, step, total)
-            if callbacks.should_stop():
-                raise Cancelled(stage)
+        if callbacks.should_stop():  # every step: cancel must land within seconds
+            raise Cancelled(stage)
         if state_dir is not None and step % SAVE_EVERY == 0 and step < total:
             save_state(state_dir, {"model": rm.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                    "rng": rng_state()})

@@ -81,8 +81,8 @@ def train_causal_lm(
         if step % 10 == 0 or step == total:
             callbacks.metrics(stage, step, {"loss": value, "loss_ema": ema, "lr": opt.param_groups[0]["lr"]})
             callbacks.progress(stage, step, total)
-            if callbacks.should_stop():
-                raise Cancelled(stage)
+        if callbacks.should_stop():  # every step: cancel must land within seconds
+            raise Cancelled(stage)
         if state_dir is not None and (step % SAVE_EVERY == 0) and step < total:
             save_state(state_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                    "first_loss": first_loss, "ema": ema, "rng": rng_state()})
