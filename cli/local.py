@@ -35,7 +35,9 @@ def preflight(spec: Any) -> None:
     from core.teacher import TeacherError, check_sync
 
     if spec.student.path and not Path(spec.student.path, "config.json").exists():
-        raise click.ClickException(f"student.path: {spec.student.path} is not a model directory (no config.json)")
+        raise click.ClickException(
+            f"student.path: {spec.student.path} is not a model directory (no config.json)"
+        )
     if spec.data.path and not Path(spec.data.path).exists():
         raise click.ClickException(f"data.path: {spec.data.path} does not exist")
     try:
@@ -51,8 +53,13 @@ def preflight(spec: Any) -> None:
 
 @click.command("run")
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="output directory (default: runs/<job file name>)")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="output directory (default: runs/<job file name>)",
+)
 @click.option("--stage", "stages", multiple=True, help="run only these stages (repeatable); default: all")
 def run_cmd(job_file: Path, out_dir: Path | None, stages: tuple[str, ...]) -> None:
     """Run the distillation job in JOB_FILE (YAML) in this process.
@@ -105,15 +112,27 @@ def _eval_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 @click.command("demo")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
-              show_default=True, help="where the teacher, the job and the summary go")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="also write the summary as JSON here")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/demo"),
+    show_default=True,
+    help="where the teacher, the job and the summary go",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="also write the summary as JSON here",
+)
 @click.option("--retrain-teacher", is_flag=True, help="train the tiny teacher again even if one is cached")
 @click.option("--no-gold-control", is_flag=True, help="skip the RL run with gold reward (a control)")
 @click.option("--threads", type=int, default=0, help="torch threads for training (0 = all cores)")
-def demo_cmd(out_dir: Path, json_path: Path | None, retrain_teacher: bool, no_gold_control: bool,
-             threads: int) -> None:
+def demo_cmd(
+    out_dir: Path, json_path: Path | None, retrain_teacher: bool, no_gold_control: bool, threads: int
+) -> None:
     """Distil a tiny arithmetic teacher into a 4x smaller student on CPU, end to end, and compare them.
 
     Trains a ~0.56M-parameter teacher on worked arithmetic solutions (cached in OUT/teacher), serves it with
@@ -146,11 +165,17 @@ def demo_cmd(out_dir: Path, json_path: Path | None, retrain_teacher: bool, no_go
         stages["teacher_training"] = 0.0
     job_dir = out_dir / "job"
     shutil.rmtree(job_dir, ignore_errors=True)
-    server = start_teacher(teacher_dir, name="tiny-teacher", threads=1, log_path=out_dir / "teacher_server.log")
+    server = start_teacher(
+        teacher_dir, name="tiny-teacher", threads=1, log_path=out_dir / "teacher_server.log"
+    )
     try:
         click.echo(f"teacher server at {server.url}")
-        spec = JobSpec.from_dict({**preset_spec("demo", teacher_base_url=server.url, teacher_model="tiny-teacher"),
-                                  "threads": threads})
+        spec = JobSpec.from_dict(
+            {
+                **preset_spec("demo", teacher_base_url=server.url, teacher_model="tiny-teacher"),
+                "threads": threads,
+            }
+        )
         data = pipeline.load_data(spec.data)
         cb = FileCallbacks(job_dir)
         with cb:
@@ -178,9 +203,13 @@ def demo_cmd(out_dir: Path, json_path: Path | None, retrain_teacher: bool, no_go
         "sft": _acc(ev["sft"]),
         "rl": _acc(ev["rl"]),
         "rl_gold": _acc(gold),
-        "pseudo_labels": {"count": labels["labels"], "accuracy_vs_gold": labels["accuracy_vs_gold"],
-                          "majority_accuracy_vs_gold": labels["majority_accuracy_vs_gold"],
-                          "questions_kept": labels["questions_kept"], "questions_total": labels["questions_total"]},
+        "pseudo_labels": {
+            "count": labels["labels"],
+            "accuracy_vs_gold": labels["accuracy_vs_gold"],
+            "majority_accuracy_vs_gold": labels["majority_accuracy_vs_gold"],
+            "questions_kept": labels["questions_kept"],
+            "questions_total": labels["questions_total"],
+        },
         "reward_model": {"accuracy": rm.get("accuracy"), "pairwise_accuracy": rm.get("pairwise_accuracy")},
         "stages": stages,
         "seconds": round(time.monotonic() - t0, 1),
@@ -204,8 +233,12 @@ def _pct(x: float | None) -> str:
 def demo_table(s: dict[str, Any]) -> str:
     """The demo's summary as a plain-text table."""
     rows = [f"twofold demo: arithmetic, {s['test_size']} held-out problems, greedy accuracy (95% CI)", ""]
-    for key, name in [("teacher", "teacher (0.56M)"), ("sft", "SFT student (0.15M)"),
-                      ("rl", "RL student, reward model"), ("rl_gold", "RL student, gold reward (control)")]:
+    for key, name in [
+        ("teacher", "teacher (0.56M)"),
+        ("sft", "SFT student (0.15M)"),
+        ("rl", "RL student, reward model"),
+        ("rl_gold", "RL student, gold reward (control)"),
+    ]:
         r = s.get(key)
         if r is None:
             continue
@@ -224,4 +257,3 @@ def demo_table(s: dict[str, Any]) -> str:
         f"  total: {s['seconds']:.0f}s",
     ]
     return "\n".join(rows)
-

@@ -36,7 +36,8 @@ class LazyGroup(click.Group):
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:  # a part not installed (or not built yet)
-            return click.Command(name, help=f"(unavailable: {exc})", callback=lambda: _fail(exc))
+            error = exc
+            return click.Command(name, help=f"(unavailable: {error})", callback=lambda: _fail(error))
 
 
 def _fail(exc: Exception) -> None:

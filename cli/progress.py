@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class FileCallbacks:
@@ -22,8 +29,14 @@ class FileCallbacks:
         self.console = Console(stderr=True)
         self.quiet = quiet
         self._progress = Progress(
-            TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("{task.description:<18}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
             disable=quiet,
         )
         self._tasks: dict[str, Any] = {}
@@ -51,13 +64,26 @@ class FileCallbacks:
         self._append("metrics.jsonl", {"t": time.time(), "stage": stage, "step": step, **values})
         self._last[stage] = values
         if stage in self._tasks:
-            shown = " ".join(f"{k}={v:.3g}" for k, v in list(values.items())[:3] if isinstance(v, int | float))
+            shown = " ".join(
+                f"{k}={v:.3g}" for k, v in list(values.items())[:3] if isinstance(v, int | float)
+            )
             self._progress.update(self._tasks[stage], description=f"{stage} {shown}"[:60])
 
-    def event(self, stage: str, level: str, type: str, message: str, data: dict[str, Any] | None = None) -> None:
+    def event(
+        self, stage: str, level: str, type: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
         """Append to events.jsonl; warnings and errors are also printed."""
-        self._append("events.jsonl", {"t": time.time(), "stage": stage, "level": level, "type": type,
-                                      "message": message, "data": data or {}})
+        self._append(
+            "events.jsonl",
+            {
+                "t": time.time(),
+                "stage": stage,
+                "level": level,
+                "type": type,
+                "message": message,
+                "data": data or {},
+            },
+        )
         if level in ("warning", "error") and not self.quiet:
             self._progress.console.print(f"[{level}] {stage}: {message}")
 
@@ -81,7 +107,9 @@ class FileCallbacks:
 
     def checkpoint(self, stage: str, kind: str, step: int, path: Path) -> None:
         """Note where the checkpoint went."""
-        self.event(stage, "info", "checkpoint", f"{kind} checkpoint at step {step}: {path}", {"path": str(path)})
+        self.event(
+            stage, "info", "checkpoint", f"{kind} checkpoint at step {step}: {path}", {"path": str(path)}
+        )
 
     def evaluation(self, result: Any) -> None:
         """Print the score."""

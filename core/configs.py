@@ -80,7 +80,9 @@ class ModelConfig:
             "give exactly one of `preset` (a tiny model) or `path` (a checkpoint directory)",
         )
         if self.preset is not None:
-            _check(self.preset in TINY_PRESETS, "student.preset", f"unknown preset; use one of {TINY_PRESETS}")
+            _check(
+                self.preset in TINY_PRESETS, "student.preset", f"unknown preset; use one of {TINY_PRESETS}"
+            )
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,12 @@ class TeacherConfig:
     base_url: str = _help("endpoint root, e.g. http://127.0.0.1:8000/v1", default="")
     model: str = _help("model name as the endpoint knows it", default="")
     api_key: str | None = _help("bearer key for the endpoint; never echoed by the API or logs", default=None)
-    api: Literal["completions", "chat"] = _help("/v1/completions or /v1/chat/completions", default="completions")
-    temperatures: tuple[float, ...] = _help("sampling temperatures; each gets `n` samples", default=(0.7, 1.0))
+    api: Literal["completions", "chat"] = _help(
+        "/v1/completions or /v1/chat/completions", default="completions"
+    )
+    temperatures: tuple[float, ...] = _help(
+        "sampling temperatures; each gets `n` samples", default=(0.7, 1.0)
+    )
     n: int = _help("samples per question and temperature", default=4)
     top_p: float = _help("nucleus sampling", default=1.0)
     max_tokens: int = _help("max completion tokens per sample (always sent)", default=128)
@@ -107,11 +113,15 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         _check(bool(self.base_url), "teacher.base_url", "is required (an OpenAI-compatible endpoint root)")
         _check(
-            self.base_url.startswith(("http://", "https://")), "teacher.base_url", "must start with http(s)://"
+            self.base_url.startswith(("http://", "https://")),
+            "teacher.base_url",
+            "must start with http(s)://",
         )
         _check(bool(self.model), "teacher.model", "is required")
         _check(len(self.temperatures) > 0, "teacher.temperatures", "give at least one temperature")
-        _check(all(0.0 <= t <= 2.0 for t in self.temperatures), "teacher.temperatures", "each must be in [0, 2]")
+        _check(
+            all(0.0 <= t <= 2.0 for t in self.temperatures), "teacher.temperatures", "each must be in [0, 2]"
+        )
         _check(self.n >= 1, "teacher.n", "must be >= 1")
         _check(0.0 < self.top_p <= 1.0, "teacher.top_p", "must be in (0, 1]")
         _check(self.max_tokens >= 1, "teacher.max_tokens", "must be >= 1")
@@ -171,7 +181,8 @@ class RewardModelConfig:
         "initialise from the student's base weights or from the SFT checkpoint", default="student_base"
     )
     loss: Literal["bce", "bradley_terry", "both"] = _help(
-        "pointwise BCE on labels, pairwise Bradley-Terry on (agree, disagree) pairs, or their sum", default="both"
+        "pointwise BCE on labels, pairwise Bradley-Terry on (agree, disagree) pairs, or their sum",
+        default="both",
     )
     epochs: float = _help("passes over the labelled responses", default=2.0)
     lr: float = _help("peak learning rate", default=1e-3)
@@ -314,9 +325,7 @@ def describe(cls: type) -> dict[str, dict[str, Any]]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         default: Any = f.default
-        if f.default_factory is not dataclasses.MISSING:
-            default = None
-        elif default is dataclasses.MISSING:
+        if f.default_factory is not dataclasses.MISSING or default is dataclasses.MISSING:
             default = None
         out[f.name] = {"type": str(hints[f.name]), "default": default, "help": f.metadata.get("help", "")}
     return out

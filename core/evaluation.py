@@ -27,7 +27,9 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     return (lo, hi)
 
 
-def score_texts(model_name: str, benchmark: str, task: ModuleType, items: Sequence[Item], texts: Sequence[str]) -> EvalResult:
+def score_texts(
+    model_name: str, benchmark: str, task: ModuleType, items: Sequence[Item], texts: Sequence[str]
+) -> EvalResult:
     """Score already generated answers ``texts`` (one per item) with the task's extraction rules."""
     rows, correct = [], 0
     for item, text in zip(items, texts, strict=True):
@@ -36,8 +38,15 @@ def score_texts(model_name: str, benchmark: str, task: ModuleType, items: Sequen
         correct += ok
         rows.append({"id": item.id, "gold": item.answer, "pred": pred, "correct": ok, "text": text})
     n = len(items)
-    return EvalResult(model_name, benchmark, correct / n if n else 0.0, wilson_interval(correct, n), n,
-                      EXTRACTION_VERSION, rows)
+    return EvalResult(
+        model_name,
+        benchmark,
+        correct / n if n else 0.0,
+        wilson_interval(correct, n),
+        n,
+        EXTRACTION_VERSION,
+        rows,
+    )
 
 
 def evaluate_model(

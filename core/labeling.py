@@ -80,16 +80,33 @@ def label_responses(
         if vote is None or vote.majority is None:
             continue
         labels.append(
-            Label(s.question_id, "teacher", s.index, s.text, s.answer, vote.majority,
-                  int(s.answer == vote.majority), vote.agreement, s.temperature)
+            Label(
+                s.question_id,
+                "teacher",
+                s.index,
+                s.text,
+                s.answer,
+                vote.majority,
+                int(s.answer == vote.majority),
+                vote.agreement,
+                s.temperature,
+            )
         )
     for st in sorted(student, key=lambda s: (s.question_id, s.index)):
         vote = kept.get(st.question_id)
         if vote is None or vote.majority is None:
             continue
         labels.append(
-            Label(st.question_id, "student", st.index, st.text, st.answer, vote.majority,
-                  int(st.answer == vote.majority), vote.agreement)
+            Label(
+                st.question_id,
+                "student",
+                st.index,
+                st.text,
+                st.answer,
+                vote.majority,
+                int(st.answer == vote.majority),
+                vote.agreement,
+            )
         )
     return labels
 
@@ -139,7 +156,7 @@ def label_stats(
             ) / len(judged)
         kq = [q for q in kept if q in gold]
         if kq:
-            stats["majority_accuracy_vs_gold"] = sum(
-                is_correct(kept[q].majority, gold[q]) for q in kq
-            ) / len(kq)
+            stats["majority_accuracy_vs_gold"] = sum(is_correct(kept[q].majority, gold[q]) for q in kq) / len(
+                kq
+            )
     return stats

@@ -130,7 +130,9 @@ def build_reward_model(
     The scalar is read at the last non-pad token (transformers' ``*ForSequenceClassification`` convention).
     """
     if isinstance(base, str | os.PathLike):
-        rm = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, local_files_only=True)
+        rm = AutoModelForSequenceClassification.from_pretrained(
+            str(base), num_labels=1, local_files_only=True
+        )
     else:
         cfg = base.config.to_dict()
         # drop the causal LM's default two-label maps, which contradict num_labels=1
@@ -149,7 +151,9 @@ def build_reward_model(
     return rm
 
 
-def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike[str]) -> Path:
+def save_hf(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike[str]
+) -> Path:
     """Save weights as safetensors plus tokenizer files, in a layout transformers and vLLM load."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,10 +267,14 @@ def generate(
                 text, ended = text[:cut], True
         texts.append(text)
         finished.append(ended)
-    return Generation(torch.cat([input_ids, comp], dim=1), plen, mask, texts, finished, enc["attention_mask"].to(device))
+    return Generation(
+        torch.cat([input_ids, comp], dim=1), plen, mask, texts, finished, enc["attention_mask"].to(device)
+    )
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> torch.Tensor:
+def _sample(
+    logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None
+) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)

@@ -172,8 +172,9 @@ def run_stage(
     summary["seconds"] = round(time.monotonic() - start, 2)
     ws.mark_done(stage, summary)
     callbacks.progress(stage, 1, 1)
-    callbacks.event(stage, "info", "stage_finished", f"{stage} finished in {summary['seconds']:.1f}s",
-                    _jsonable(summary))
+    callbacks.event(
+        stage, "info", "stage_finished", f"{stage} finished in {summary['seconds']:.1f}s", _jsonable(summary)
+    )
     return summary
 
 
@@ -265,9 +266,13 @@ def _teacher_sampling(ctx: _Context) -> dict[str, Any]:
         client = TeacherClient(cfg, on_event=on_event)
         try:
             await client.check()
-            return await client.sample(items, build_prompt=ctx.task.build_prompt,
-                                       extract_answer=ctx.task.extract_answer,
-                                       skip=frozenset(s.key for s in existing), sink=sink)
+            return await client.sample(
+                items,
+                build_prompt=ctx.task.build_prompt,
+                extract_answer=ctx.task.extract_answer,
+                skip=frozenset(s.key for s in existing),
+                sink=sink,
+            )
         finally:
             await client.aclose()
 
@@ -275,8 +280,12 @@ def _teacher_sampling(ctx: _Context) -> dict[str, Any]:
     samples = {s.key: s for s in existing}
     samples.update((s.key, s) for s in new_samples)
     parsed = sum(s.answer is not None for s in samples.values())
-    return {"samples": len(samples), "reused": len(existing), "parseable": parsed,
-            "usage": dataclasses.asdict(usage) if dataclasses.is_dataclass(usage) else dict(usage)}
+    return {
+        "samples": len(samples),
+        "reused": len(existing),
+        "parseable": parsed,
+        "usage": dataclasses.asdict(usage) if dataclasses.is_dataclass(usage) else dict(usage),
+    }
 
 
 def _sft(ctx: _Context) -> dict[str, Any]:
@@ -285,16 +294,33 @@ def _sft(ctx: _Context) -> dict[str, Any]:
     from core.training import clear_state
 
     spec = ctx.spec
-    prompts, completions = sft_examples(ctx.data.train, ctx.teacher_samples(), ctx.task.build_prompt, spec.sft,
-                                        min_vote_share=spec.labels.min_vote_share)
+    prompts, completions = sft_examples(
+        ctx.data.train,
+        ctx.teacher_samples(),
+        ctx.task.build_prompt,
+        spec.sft,
+        min_vote_share=spec.labels.min_vote_share,
+    )
     if not prompts:
-        raise ValueError("sft: no teacher response agrees with its question's majority answer; check the "
-                         "teacher endpoint, teacher.max_tokens and labels.min_vote_share")
-    model, tok = model_from_config(spec.student.preset, spec.student.path, seed=spec.seed,
-                                   dtype=spec.student.dtype, device=ctx.device)
+        raise ValueError(
+            "sft: no teacher response agrees with its question's majority answer; check the "
+            "teacher endpoint, teacher.max_tokens and labels.min_vote_share"
+        )
+    model, tok = model_from_config(
+        spec.student.preset, spec.student.path, seed=spec.seed, dtype=spec.student.dtype, device=ctx.device
+    )
     state_dir = ctx.ws.path("sft_state")
-    summary = train_causal_lm(model, tok, prompts, completions, cfg=spec.sft, callbacks=ctx.cb, stage="sft",
-                              state_dir=state_dir, seed=spec.seed)
+    summary = train_causal_lm(
+        model,
+        tok,
+        prompts,
+        completions,
+        cfg=spec.sft,
+        callbacks=ctx.cb,
+        stage="sft",
+        state_dir=state_dir,
+        seed=spec.seed,
+    )
     out = save_hf(model, tok, ctx.ws.path("sft"))
     ctx.cb.checkpoint("sft", "policy", summary["steps"], out)
     clear_state(state_dir)
@@ -321,11 +347,18 @@ def _labeling(ctx: _Context) -> dict[str, Any]:
         batch = 256
         for i in range(0, len(rows), batch):
             chunk = rows[i : i + batch]
-            out = generate(model, tok, [ctx.task.build_prompt(it) for it, _ in chunk],
-                           max_new_tokens=spec.labels.max_new_tokens, temperature=spec.labels.student_temperature,
-                           generator=gen)
-            student.extend(StudentSample(it.id, j, text, ctx.task.extract_answer(text))
-                           for (it, j), text in zip(chunk, out.texts, strict=True))
+            out = generate(
+                model,
+                tok,
+                [ctx.task.build_prompt(it) for it, _ in chunk],
+                max_new_tokens=spec.labels.max_new_tokens,
+                temperature=spec.labels.student_temperature,
+                generator=gen,
+            )
+            student.extend(
+                StudentSample(it.id, j, text, ctx.task.extract_answer(text))
+                for (it, j), text in zip(chunk, out.texts, strict=True)
+            )
             ctx.cb.progress(stage, min(i + batch, len(rows)), len(rows))
             if ctx.cb.should_stop():
                 from core.records import Cancelled
@@ -335,17 +368,26 @@ def _labeling(ctx: _Context) -> dict[str, Any]:
     ctx.ws.path("student_samples.jsonl").unlink(missing_ok=True)
     ctx.ws.append_jsonl("student_samples.jsonl", (s.to_dict() for s in student))
     labels = label_responses(teacher, student, min_vote_share=spec.labels.min_vote_share)
-    stats = label_stats(labels, votes, min_vote_share=spec.labels.min_vote_share, items=ctx.data.train,
-                        is_correct=ctx.task.is_correct if ctx.spec.data.gold_available else None)
+    stats = label_stats(
+        labels,
+        votes,
+        min_vote_share=spec.labels.min_vote_share,
+        items=ctx.data.train,
+        is_correct=ctx.task.is_correct if ctx.spec.data.gold_available else None,
+    )
     ctx.cb.labels(labels, stats)
     ctx.ws.path("labels.jsonl").unlink(missing_ok=True)
     ctx.ws.append_jsonl("labels.jsonl", (lab.to_dict() for lab in labels))
     write_json(ctx.ws.path("label_stats.json"), stats)
     if stats["questions_dropped"]:
-        ctx.cb.event(stage, "info", "questions_dropped",
-                     f"{stats['questions_dropped']} of {stats['questions_total']} questions dropped "
-                     "(no parseable teacher answer or vote share below labels.min_vote_share)",
-                     {"dropped": stats["questions_dropped"]})
+        ctx.cb.event(
+            stage,
+            "info",
+            "questions_dropped",
+            f"{stats['questions_dropped']} of {stats['questions_total']} questions dropped "
+            "(no parseable teacher answer or vote share below labels.min_vote_share)",
+            {"dropped": stats["questions_dropped"]},
+        )
     return {k: v for k, v in stats.items() if k != "agreement_histogram"}
 
 
@@ -363,13 +405,27 @@ def _reward_model(ctx: _Context) -> dict[str, Any]:
     if spec.reward_model.init == "sft":
         base, tok = ctx.load_policy("sft")
     else:
-        base, tok = model_from_config(spec.student.preset, spec.student.path, seed=spec.seed + 1,
-                                      dtype=spec.student.dtype, device=ctx.device)
+        base, tok = model_from_config(
+            spec.student.preset,
+            spec.student.path,
+            seed=spec.seed + 1,
+            dtype=spec.student.dtype,
+            device=ctx.device,
+        )
     rm = build_reward_model(base, tok).to(ctx.device)
     del base
     state_dir = ctx.ws.path("reward_model_state")
-    summary = train_reward_model(rm, tok, labels, ctx.data.train, ctx.task.build_prompt, cfg=spec.reward_model,
-                                 callbacks=ctx.cb, state_dir=state_dir, seed=spec.seed)
+    summary = train_reward_model(
+        rm,
+        tok,
+        labels,
+        ctx.data.train,
+        ctx.task.build_prompt,
+        cfg=spec.reward_model,
+        callbacks=ctx.cb,
+        state_dir=state_dir,
+        seed=spec.seed,
+    )
     out = save_hf(rm, tok, ctx.ws.path("reward_model"))
     ctx.cb.checkpoint("reward_model", "reward_model", summary["steps"], out)
     clear_state(state_dir)
@@ -379,14 +435,17 @@ def _reward_model(ctx: _Context) -> dict[str, Any]:
 def _reward_fn(ctx: _Context, reward: str) -> Callable[[list[Item], list[str]], list[float]]:
     task = ctx.task
     if reward == "gold":
-        return lambda items, texts: [float(task.is_correct(task.extract_answer(t), it.answer))
-                                     for it, t in zip(items, texts, strict=True)]
+        return lambda items, texts: [
+            float(task.is_correct(task.extract_answer(t), it.answer))
+            for it, t in zip(items, texts, strict=True)
+        ]
     if reward == "pseudo_label":
         from core.labeling import kept_questions, votes_by_question
 
         kept = kept_questions(votes_by_question(ctx.teacher_samples()), ctx.spec.labels.min_vote_share)
-        return lambda items, texts: [float(task.extract_answer(t) == kept[it.id].majority)
-                                     for it, t in zip(items, texts, strict=True)]
+        return lambda items, texts: [
+            float(task.extract_answer(t) == kept[it.id].majority) for it, t in zip(items, texts, strict=True)
+        ]
     from transformers import AutoModelForSequenceClassification
 
     from core.models import load_tokenizer
@@ -399,8 +458,9 @@ def _reward_fn(ctx: _Context, reward: str) -> Callable[[list[Item], list[str]], 
     rm.eval()
     tok = load_tokenizer(path)
     max_len = ctx.spec.reward_model.max_length
-    return lambda items, texts: score_responses(rm, tok, [task.build_prompt(it) for it in items], texts,
-                                                max_length=max_len)
+    return lambda items, texts: score_responses(
+        rm, tok, [task.build_prompt(it) for it in items], texts, max_length=max_len
+    )
 
 
 def run_rl(ctx: _Context, *, out_name: str = "rl") -> dict[str, Any]:
@@ -423,9 +483,19 @@ def run_rl(ctx: _Context, *, out_name: str = "rl") -> dict[str, Any]:
     reward_fn = _reward_fn(ctx, spec.rl.reward)
     trainer = train_ppo if spec.rl.algo == "ppo" else train_grpo
     state_dir = ctx.ws.path(f"{out_name}_state")
-    summary = trainer(policy, tok, ref_policy=ref, items=items, build_prompt=ctx.task.build_prompt,
-                      reward_fn=reward_fn, cfg=spec.rl, callbacks=ctx.cb, stage="rl", state_dir=state_dir,
-                      seed=spec.seed)
+    summary = trainer(
+        policy,
+        tok,
+        ref_policy=ref,
+        items=items,
+        build_prompt=ctx.task.build_prompt,
+        reward_fn=reward_fn,
+        cfg=spec.rl,
+        callbacks=ctx.cb,
+        stage="rl",
+        state_dir=state_dir,
+        seed=spec.seed,
+    )
     out = save_hf(policy, tok, ctx.ws.path(out_name))
     ctx.cb.checkpoint("rl", "policy", spec.rl.steps, out)
     clear_state(state_dir)
@@ -442,9 +512,16 @@ def evaluate_checkpoint(ctx: _Context, name: str, *, label: str | None = None) -
     from core.evaluation import evaluate_model
 
     model, tok = ctx.load_policy(name)
-    res = evaluate_model(model, tok, ctx.data.test, ctx.task, model_name=label or name,
-                         benchmark=ctx.data.task, max_new_tokens=ctx.spec.evaluation.max_new_tokens,
-                         batch_size=ctx.spec.evaluation.batch_size)
+    res = evaluate_model(
+        model,
+        tok,
+        ctx.data.test,
+        ctx.task,
+        model_name=label or name,
+        benchmark=ctx.data.task,
+        max_new_tokens=ctx.spec.evaluation.max_new_tokens,
+        batch_size=ctx.spec.evaluation.batch_size,
+    )
     _report_eval(ctx, res)
     return res
 
@@ -464,12 +541,16 @@ def evaluate_teacher(ctx: _Context) -> EvalResult:
         missing = [p for p in dict.fromkeys(prompts) if p not in done]
 
         async def go() -> None:
-            client = TeacherClient(cfg, on_event=lambda lv, ty, msg, d: ctx.cb.event("evaluation", lv, ty, msg, d))
+            client = TeacherClient(
+                cfg, on_event=lambda lv, ty, msg, d: ctx.cb.event("evaluation", lv, ty, msg, d)
+            )
             try:
                 for i in range(0, len(missing), wave):
                     chunk = missing[i : i + wave]
                     texts = await client.greedy(chunk, max_tokens=ctx.spec.evaluation.max_new_tokens)
-                    ctx.ws.append_jsonl(cache, ({"prompt": p, "text": t} for p, t in zip(chunk, texts, strict=True)))
+                    ctx.ws.append_jsonl(
+                        cache, ({"prompt": p, "text": t} for p, t in zip(chunk, texts, strict=True))
+                    )
                     done.update(zip(chunk, texts, strict=True))
             finally:
                 await client.aclose()
@@ -518,7 +599,10 @@ _STAGE_FUNCS: dict[str, Callable[[_Context], dict[str, Any]]] = {
 
 
 def context(
-    spec: JobSpec, data: TaskData, workdir: Path, callbacks: PipelineCallbacks,
+    spec: JobSpec,
+    data: TaskData,
+    workdir: Path,
+    callbacks: PipelineCallbacks,
     teacher_samples: Sequence[TeacherSample] | None = None,
 ) -> _Context:
     """A stage context, for callers (the demo) that run extra stage variants such as a gold-reward control."""

@@ -90,7 +90,9 @@ class Callbacks(Protocol):
     def metrics(self, stage: str, step: int, values: dict[str, float]) -> None:
         """Training-curve points (loss, reward, KL, ...) at ``step``."""
 
-    def event(self, stage: str, level: str, type: str, message: str, data: dict[str, Any] | None = None) -> None:
+    def event(
+        self, stage: str, level: str, type: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
         """A notable happening (retry, warning, dropped questions, ...)."""
 
     def should_stop(self) -> bool:
@@ -110,7 +112,9 @@ class NullCallbacks:
     def metrics(self, stage: str, step: int, values: dict[str, float]) -> None:
         """Ignore metrics."""
 
-    def event(self, stage: str, level: str, type: str, message: str, data: dict[str, Any] | None = None) -> None:
+    def event(
+        self, stage: str, level: str, type: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
         """Ignore events."""
 
     def should_stop(self) -> bool:

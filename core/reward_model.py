@@ -27,7 +27,9 @@ from core.training import Encoded, cosine_lr, encode_pairs, load_state, rng_stat
 SAVE_EVERY = 50
 
 
-def _question_batches(qids: list[str], sizes: dict[str, int], batch_size: int, rng: random.Random) -> list[list[str]]:
+def _question_batches(
+    qids: list[str], sizes: dict[str, int], batch_size: int, rng: random.Random
+) -> list[list[str]]:
     order = list(qids)
     rng.shuffle(order)
     out: list[list[str]] = []
@@ -57,11 +59,15 @@ def _pad_left(batch: list[Encoded], pad_id: int, device: torch.device) -> tuple[
 def _scores(rm: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B,) scalar logits read at the last token (inputs are left-padded, so that is position -1)."""
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = rm.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state  # (B, L, H)
+    hidden = rm.base_model(
+        input_ids=ids, attention_mask=mask, position_ids=pos
+    ).last_hidden_state  # (B, L, H)
     return rm.score(hidden[:, -1, :]).squeeze(-1).float()  # (B,)
 
 
-def bradley_terry_loss(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, int]:
+def bradley_terry_loss(
+    scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
+) -> tuple[torch.Tensor, int]:
     """Mean ``-log sigmoid(s_i - s_j)`` over pairs with ``groups[i] == groups[j]``, ``labels[i]=1``,
     ``labels[j]=0``. Shapes: scores (B,), labels (B,), groups (B,). Returns (loss, number of pairs)."""
     same = groups.unsqueeze(1).eq(groups.unsqueeze(0))  # (B, B)
@@ -93,8 +99,13 @@ def train_reward_model(
     if not labels:
         raise ValueError(f"{stage}: no labelled responses to train on")
     device = next(rm.parameters()).device
-    enc = encode_pairs(tokenizer, [build_prompt(by_id[lab.question_id]) for lab in labels],
-                       [lab.text for lab in labels], max_length=cfg.max_length, add_eos=False)
+    enc = encode_pairs(
+        tokenizer,
+        [build_prompt(by_id[lab.question_id]) for lab in labels],
+        [lab.text for lab in labels],
+        max_length=cfg.max_length,
+        add_eos=False,
+    )
     by_q: dict[str, list[int]] = defaultdict(list)
     for i, lab in enumerate(labels):
         by_q[lab.question_id].append(i)
@@ -133,19 +144,32 @@ def train_reward_model(
         if callbacks.should_stop():  # every step: cancel must land within seconds
             raise Cancelled(stage)
         if state_dir is not None and step % SAVE_EVERY == 0 and step < total:
-            save_state(state_dir, {"model": rm.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                   "rng": rng_state()})
+            save_state(
+                state_dir,
+                {"model": rm.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": rng_state()},
+            )
     rm.eval()
-    result = evaluate_reward_model(rm, enc, labels, [i for q in hold_q for i in by_q[q]], tokenizer.pad_token_id)
-    result.update(steps=total, train_questions=len(train_q), holdout_questions=len(hold_q),
-                  seconds=round(time.monotonic() - start, 2))
+    result = evaluate_reward_model(
+        rm, enc, labels, [i for q in hold_q for i in by_q[q]], tokenizer.pad_token_id
+    )
+    result.update(
+        steps=total,
+        train_questions=len(train_q),
+        holdout_questions=len(hold_q),
+        seconds=round(time.monotonic() - start, 2),
+    )
     callbacks.metrics(stage, total, {f"holdout_{k}": v for k, v in result.items() if isinstance(v, float)})
     return result
 
 
 def _rm_loss(
-    rm: PreTrainedModel, enc: list[Encoded], labels: Sequence[Label], idx: list[int], cfg: RewardModelConfig,
-    pad_id: int, device: torch.device,
+    rm: PreTrainedModel,
+    enc: list[Encoded],
+    labels: Sequence[Label],
+    idx: list[int],
+    cfg: RewardModelConfig,
+    pad_id: int,
+    device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     ids, mask = _pad_left([enc[i] for i in idx], pad_id, device)
     y = torch.tensor([float(labels[i].label) for i in idx], device=device)  # (B,)
@@ -155,12 +179,22 @@ def _rm_loss(
     bt, n_pairs = bradley_terry_loss(s, y, groups)
     loss = {"bce": bce, "bradley_terry": bt, "both": bce + bt}[cfg.loss]
     acc = float(((s > 0).float() == y).float().mean())
-    return loss, {"loss": loss.item(), "bce": bce.item(), "bt": bt.item(), "pairs": float(n_pairs), "accuracy": acc}
+    return loss, {
+        "loss": loss.item(),
+        "bce": bce.item(),
+        "bt": bt.item(),
+        "pairs": float(n_pairs),
+        "accuracy": acc,
+    }
 
 
 @torch.no_grad()
 def evaluate_reward_model(
-    rm: PreTrainedModel, enc: list[Encoded], labels: Sequence[Label], idx: list[int], pad_id: int,
+    rm: PreTrainedModel,
+    enc: list[Encoded],
+    labels: Sequence[Label],
+    idx: list[int],
+    pad_id: int,
     batch_size: int = 256,
 ) -> dict[str, Any]:
     """Pointwise accuracy (logit > 0 vs label) and pairwise accuracy (r+ > r- within a question) on ``idx``."""

@@ -84,11 +84,25 @@ def train_causal_lm(
         if callbacks.should_stop():  # every step: cancel must land within seconds
             raise Cancelled(stage)
         if state_dir is not None and (step % SAVE_EVERY == 0) and step < total:
-            save_state(state_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                   "first_loss": first_loss, "ema": ema, "rng": rng_state()})
+            save_state(
+                state_dir,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": step,
+                    "first_loss": first_loss,
+                    "ema": ema,
+                    "rng": rng_state(),
+                },
+            )
     model.eval()
-    return {"steps": total, "examples": len(data), "first_loss": first_loss, "final_loss": ema,
-            "seconds": round(time.monotonic() - start, 2)}
+    return {
+        "steps": total,
+        "examples": len(data),
+        "first_loss": first_loss,
+        "final_loss": ema,
+        "seconds": round(time.monotonic() - start, 2),
+    }
 
 
 def sft_examples(

@@ -177,35 +177,21 @@ class TeacherClient:
         """
         url = f"{self._base}/models"
         deadline = time.monotonic() + wait_s
+        attempt = 0
         while True:
             try:
-                resp = await self._http.get(url, timeout=min(self.cfg.timeout_s, 10.0))
+                ids = self._model_ids(await self._get(url))
                 break
-            except httpx.TransportError as exc:
-                if time.monotonic() >= deadline:
+            except _Retryable as failure:
+                if time.monotonic() < deadline:  # a server still starting: poll quietly
+                    await asyncio.sleep(0.25)
+                    continue
+                if attempt >= self.cfg.max_retries:
                     raise TeacherUnavailable(
-                        f"teacher endpoint {self._safe_base} is unreachable ({_describe(exc)}); "
-                        "check teacher.base_url (it should end in /v1) and that the server is running",
-                        url=self._safe_base,
+                        failure.reason, url=self._safe_base, status=failure.status
                     ) from None
-                await asyncio.sleep(0.25)
-        if resp.status_code != 200:
-            hint = " (check teacher.api_key)" if resp.status_code in (401, 403) else ""
-            hint = " (does teacher.base_url end in /v1?)" if resp.status_code == 404 else hint
-            raise TeacherUnavailable(
-                f"teacher health check GET {_redact_url(url)} answered HTTP {resp.status_code}{hint}: "
-                f"{self._excerpt(resp.text)}",
-                url=_redact_url(url),
-                status=resp.status_code,
-            )
-        try:
-            ids = [str(m["id"]) for m in resp.json()["data"]]
-        except (ValueError, KeyError, TypeError):
-            raise TeacherUnavailable(
-                f"teacher health check GET {_redact_url(url)} did not return an OpenAI model list: "
-                f"{self._excerpt(resp.text)}",
-                url=_redact_url(url),
-            ) from None
+                attempt += 1
+                await asyncio.sleep(self._report_retry("GET", url, attempt, failure))
         if self.cfg.model not in ids:
             self._emit(
                 "warning",
@@ -215,6 +201,68 @@ class TeacherClient:
                 {"model": self.cfg.model, "served": ids},
             )
         return ids
+
+    async def _get(self, url: str) -> Any:
+        """One health-check attempt: the JSON body, or :class:`_Retryable` for what may pass (unreachable,
+        408/429/5xx, a body that is not JSON); other statuses raise :class:`TeacherUnavailable` at once."""
+        try:
+            resp = await self._http.get(url, timeout=min(self.cfg.timeout_s, 10.0))
+        except httpx.TransportError as exc:
+            raise _Retryable(
+                f"teacher endpoint {self._safe_base} is unreachable ({_describe(exc)}); "
+                "check teacher.base_url (it should end in /v1) and that the server is running"
+            ) from None
+        status = resp.status_code
+        if status in _RETRY_STATUS or status >= 500:
+            raise _Retryable(
+                f"teacher health check GET {_redact_url(url)} answered HTTP {status}: {self._excerpt(resp.text)}",
+                status=status,
+                retry_after=_retry_after(resp.headers.get("retry-after")),
+            )
+        if status != 200:
+            hint = " (check teacher.api_key)" if status in (401, 403) else ""
+            hint = " (does teacher.base_url end in /v1?)" if status == 404 else hint
+            raise TeacherUnavailable(
+                f"teacher health check GET {_redact_url(url)} answered HTTP {status}{hint}: "
+                f"{self._excerpt(resp.text)}",
+                url=_redact_url(url),
+                status=status,
+            )
+        try:
+            return resp.json()
+        except ValueError:
+            raise self._not_a_model_list(url, resp.text) from None
+
+    def _model_ids(self, body: Any) -> list[str]:
+        try:
+            return [str(m["id"]) for m in body["data"]]
+        except (KeyError, TypeError):
+            raise self._not_a_model_list(f"{self._base}/models", str(body)) from None
+
+    def _not_a_model_list(self, url: str, text: str) -> _Retryable:
+        return _Retryable(
+            f"teacher health check GET {_redact_url(url)} did not return an OpenAI model list: "
+            f"{self._excerpt(text)}"
+        )
+
+    def _report_retry(self, method: str, url: str, attempt: int, failure: _Retryable) -> float:
+        """Emit the ``teacher_retry`` event of retry number ``attempt`` and return the delay to wait first."""
+        delay = self._delay(attempt - 1, failure.retry_after)
+        self._emit(
+            "warning",
+            "teacher_retry",
+            f"teacher request {method} {_redact_url(url)} failed ({failure.reason}); "
+            f"retry {attempt}/{self.cfg.max_retries} in {delay:.2f}s",
+            {
+                "url": _redact_url(url),
+                "attempt": attempt,
+                "max_retries": self.cfg.max_retries,
+                "status": failure.status,
+                "reason": failure.reason,
+                "delay_s": round(delay, 3),
+            },
+        )
+        return delay
 
     # --- sampling ----------------------------------------------------------------------------------------------
     async def sample(
@@ -406,24 +454,9 @@ class TeacherClient:
                         url=_redact_url(url),
                         status=failure.status,
                     ) from None
-                delay = self._delay(attempt, failure.retry_after)
                 attempt += 1
                 usage.retries += 1
-                self._emit(
-                    "warning",
-                    "teacher_retry",
-                    f"teacher request POST {_redact_url(url)} failed ({failure.reason}); "
-                    f"retry {attempt}/{self.cfg.max_retries} in {delay:.2f}s",
-                    {
-                        "url": _redact_url(url),
-                        "attempt": attempt,
-                        "max_retries": self.cfg.max_retries,
-                        "status": failure.status,
-                        "reason": failure.reason,
-                        "delay_s": round(delay, 3),
-                    },
-                )
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._report_retry("POST", url, attempt, failure))
 
     async def _attempt(self, url: str, payload: dict[str, Any]) -> Any:
         """One HTTP attempt; raises :class:`_Retryable` or :class:`TeacherError`, else returns the JSON body."""

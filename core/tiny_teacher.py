@@ -11,8 +11,15 @@ from typing import Any
 from core.records import Callbacks, NullCallbacks
 
 #: Bump to invalidate cached tiny teachers when their recipe changes.
-TEACHER_RECIPE = {"version": 1, "preset": "tiny-teacher", "examples": 24000, "epochs": 1.0, "lr": 4e-3,
-                  "batch_size": 64, "seed": 0}
+TEACHER_RECIPE = {
+    "version": 1,
+    "preset": "tiny-teacher",
+    "examples": 24000,
+    "epochs": 1.0,
+    "lr": 4e-3,
+    "batch_size": 64,
+    "seed": 0,
+}
 
 
 def train_tiny_teacher(
@@ -30,18 +37,28 @@ def train_tiny_teacher(
     r = {**TEACHER_RECIPE, **(recipe or {})}
     items = arithmetic.load("train", size=r["examples"], seed=1000 + r["seed"])  # disjoint from job seeds
     model, tok = build_tiny(r["preset"], seed=r["seed"])
-    cfg = SFTConfig(epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], warmup_steps=30, max_length=160)
-    summary = train_causal_lm(model, tok, [arithmetic.build_prompt(i) for i in items],
-                              [" " + (i.solution or "") for i in items], cfg=cfg,
-                              callbacks=callbacks or NullCallbacks(), stage="teacher_training", seed=r["seed"])
+    cfg = SFTConfig(
+        epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], warmup_steps=30, max_length=160
+    )
+    summary = train_causal_lm(
+        model,
+        tok,
+        [arithmetic.build_prompt(i) for i in items],
+        [" " + (i.solution or "") for i in items],
+        cfg=cfg,
+        callbacks=callbacks or NullCallbacks(),
+        stage="teacher_training",
+        seed=r["seed"],
+    )
     save_hf(model, tok, out_dir)
     meta = {"recipe": r, "parameters": count_parameters(model), **summary}
     (Path(out_dir) / "twofold_teacher.json").write_text(json.dumps(meta, indent=2))
     return meta
 
 
-def ensure_tiny_teacher(cache_dir: Path, *, recipe: dict[str, Any] | None = None,
-                        callbacks: Callbacks | None = None) -> Path:
+def ensure_tiny_teacher(
+    cache_dir: Path, *, recipe: dict[str, Any] | None = None, callbacks: Callbacks | None = None
+) -> Path:
     """A trained tiny teacher under ``cache_dir`` (trained once per recipe, then reused)."""
     r = {**TEACHER_RECIPE, **(recipe or {})}
     key = "-".join(f"{k}{r[k]}" for k in sorted(r))

@@ -21,19 +21,16 @@ MAX_VALUE = 99
 def _problem(rng: random.Random) -> tuple[str, str, int]:
     name = rng.choice(NAMES)
     thing = rng.choice(THINGS)
-    value = start = rng.randint(2, 20)
+    value = start = rng.randint(2, 30)
     clauses, steps = [], []
-    for _ in range(rng.choice((2, 2, 3))):
-        op = rng.choice("+-*") if value <= 30 else rng.choice("+--")
-        if op == "+":
-            b = rng.randint(1, min(20, MAX_VALUE - value))
-            clause, new = f"gets {b} more", value + b
-        elif op == "-":
-            b = rng.randint(1, max(1, value - 1))
-            clause, new = f"gives away {b}", value - b
+    for _ in range(rng.choice((2, 3))):
+        # add while there is room under MAX_VALUE, otherwise (or at random) give some away
+        if value < 3 or (value < MAX_VALUE - 9 and rng.random() < 0.5):
+            b = rng.randint(1, 9)
+            clause, new, op = f"gets {b} more", value + b, "+"
         else:
-            b = rng.randint(2, 3)
-            clause, new = ("doubles" if b == 2 else "triples") + " them", value * b
+            b = rng.randint(1, min(9, value - 1))
+            clause, new, op = f"gives away {b}", value - b, "-"
         clauses.append(clause)
         steps.append(f"{value}{op}{b}={new}.")
         value = new

@@ -26,8 +26,13 @@ def load(path: str | Path, split: str = "train", *, test_fraction: float = 0.1, 
             if question is None and "messages" in row:
                 question = "\n".join(m["content"] for m in row["messages"] if m.get("role") == "user")
             answer = row.get("answer")
-            rows.append(Item(id=str(row.get("id", f"row-{i}")), question=str(question),
-                             answer=None if answer is None else (extract_answer(str(answer)) or str(answer))))
+            rows.append(
+                Item(
+                    id=str(row.get("id", f"row-{i}")),
+                    question=str(question),
+                    answer=None if answer is None else (extract_answer(str(answer)) or str(answer)),
+                )
+            )
     random.Random(seed).shuffle(rows)
     cut = len(rows) - int(len(rows) * test_fraction)
     return rows[:cut] if split == "train" else rows[cut:]

@@ -32,8 +32,12 @@ def load(path: str | Path, split: str = "train") -> list[Item]:
             row = json.loads(line)
             solution = row["answer"]
             items.append(
-                Item(id=f"gsm8k-{split}-{i}", question=row["question"], answer=extract_answer(solution),
-                     solution=_clean_solution(solution))
+                Item(
+                    id=f"gsm8k-{split}-{i}",
+                    question=row["question"],
+                    answer=extract_answer(solution),
+                    solution=_clean_solution(solution),
+                )
             )
     return items
 

@@ -52,8 +52,12 @@ def load(path: str | Path, split: str = "train", *, seed: int = 0) -> list[Item]
         chosen = rows[:cut] if split == "train" else rows[cut:]
         for r in chosen:
             out.append(
-                Item(id=f"mmlu_pro-{r['question_id']}", question=_format_question(r), answer=r["answer"],
-                     meta={"category": cat})
+                Item(
+                    id=f"mmlu_pro-{r['question_id']}",
+                    question=_format_question(r),
+                    answer=r["answer"],
+                    meta={"category": cat},
+                )
             )
     return out
 
@@ -65,7 +69,7 @@ def _format_question(row: dict) -> str:
 
 def build_prompt(item: Item) -> str:
     """Question with lettered options; the model should end with "The answer is (X)"."""
-    return f"Q: {item.question}\nAnswer with \"The answer is (X)\".\nA:"
+    return f'Q: {item.question}\nAnswer with "The answer is (X)".\nA:'
 
 
 def extract_answer(text: str) -> str | None:
