@@ -361,7 +361,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 def _coerce(tp: Any, value: Any, param: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, f"{param}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
