@@ -1,14 +1,17 @@
 """The dashboard in headless Chromium against a real API server with a finished ``smoke`` job: sign-in, the
 jobs list, the job page (stages, charts, stats, downloads, events), Cancel from the button, the new-job form,
-and the layout at laptop and wide-screen widths (which also saves docs/img/jobs.png and docs/img/job.png).
+and the layout at laptop and wide-screen widths (with ``TWOFOLD_UPDATE_SCREENSHOTS=1`` it rewrites
+docs/img/jobs.png and docs/img/job.png).
 
 Runs in file order: the Cancel and form tests add jobs that the screenshots then show."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -219,12 +222,19 @@ def test_cancel_button_cancels_a_running_job(
     assert job["status"] == "cancelled" and job["cancel_requested"]
     assert job["stages"][0]["started_at"] is not None  # it was running when cancelled
     assert page.is_disabled("#cancel-button")
-    page.wait_for_selector("#retry-button:not([disabled])")
     assert page.locator("#stages li[data-status=cancelled]").count() >= 1
+
+    # Retry is offered now, and resumes the job; stop it again so the runner is free for what follows.
+    page.click("#retry-button:not([disabled])")
+    page.wait_for_selector("#job-status :is([data-status=pending], [data-status=running])")
+    assert api_get(dash_server, f"/v1/jobs/{job_id}")["status"] in ("pending", "running")
+    assert page.is_enabled("#cancel-button") and page.is_disabled("#retry-button")
+    httpx.post(f"{dash_server.url}/v1/jobs/{job_id}/cancel", headers=bearer(dash_server))
+    wait_for_job(dash_server, job_id, lambda j: j["finished_at"] is not None, 120)
 
 
 def test_new_job_form_uploads_a_dataset_and_submits_a_job(
-    page: Any, dash_server: ApiServer, smoke_job: dict[str, Any], signed_in: SignIn, tmp_path: Any
+    page: Any, dash_server: ApiServer, smoke_job: dict[str, Any], signed_in: SignIn, tmp_path: Path
 ) -> None:
     signed_in(page)
     page.click("header nav a[href='/dashboard/new']")
@@ -291,9 +301,11 @@ def test_new_job_form_uploads_a_dataset_and_submits_a_job(
 
 
 def test_pages_fit_laptop_and_wide_screens_and_save_the_screenshots(
-    browser: Any, dash_server: ApiServer, smoke_job: dict[str, Any], signed_in: SignIn
+    browser: Any, dash_server: ApiServer, smoke_job: dict[str, Any], signed_in: SignIn, tmp_path: Path
 ) -> None:
-    IMG_DIR.mkdir(parents=True, exist_ok=True)
+    # docs/img is rewritten only on request, so that a test run leaves the working tree as it was.
+    img_dir = IMG_DIR if os.environ.get("TWOFOLD_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    img_dir.mkdir(parents=True, exist_ok=True)
     for viewport in (WIDE, LAPTOP):  # laptop last: its shots are the ones kept
         context = browser.new_context(viewport=viewport)
         context.set_default_timeout(20_000)
@@ -302,7 +314,7 @@ def test_pages_fit_laptop_and_wide_screens_and_save_the_screenshots(
         assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
         words = page.locator("#jobs-table .badge .word").all_inner_texts()
         assert set(words) <= {"pending", "running", "succeeded", "failed", "cancelled"} and words
-        page.screenshot(path=str(IMG_DIR / "jobs.png"))
+        page.screenshot(path=str(img_dir / "jobs.png"))
 
         page.goto(f"{dash_server.url}/dashboard/jobs/{smoke_job['id']}")
         page.wait_for_selector("svg[data-chart=evaluation]")
@@ -312,6 +324,6 @@ def test_pages_fit_laptop_and_wide_screens_and_save_the_screenshots(
         for card in ("#stages-card", "#labels-card", "#curves-card", "#evaluation-card", "#checkpoints-card"):
             box = page.locator(card).bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], card
-        page.screenshot(path=str(IMG_DIR / "job.png"), full_page=True)
+        page.screenshot(path=str(img_dir / "job.png"), full_page=True)
         context.close()
-    assert (IMG_DIR / "jobs.png").stat().st_size > 10_000 and (IMG_DIR / "job.png").stat().st_size > 50_000
+    assert (img_dir / "jobs.png").stat().st_size > 10_000 and (img_dir / "job.png").stat().st_size > 50_000

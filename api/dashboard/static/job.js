@@ -7,7 +7,7 @@ import {
 import { lineChart, histogram, intervalBars } from "./charts.js";
 
 const POLL_MS = 2500;
-const METRICS_EVERY_MS = 6000;
+const METRICS_MIN_GAP_MS = 2000;
 const MAX_LOG_ROWS = 2000;
 const MODEL_ORDER = ["teacher", "sft", "rl"];
 const MODEL_TITLES = { teacher: "teacher", sft: "SFT student", rl: "RL student" };
@@ -21,6 +21,7 @@ const jobError = document.getElementById("job-error");
 let job = null;
 let signature = "";
 let lastMetricsAt = 0;
+let lastTrainingStep = "";
 let evaluations = [];
 let checkpoints = [];
 let teacherRetries = 0;
@@ -321,10 +322,12 @@ async function poll() {
   renderTeacher();
   renderReward();
   const sig = `${job.status}|${job.stages.map((s) => `${s.name}:${s.status}:${s.attempt}`).join(",")}`;
-  const training = job.stages.some((s) => s.status === "running" && TRAINING.has(s.name));
+  // A training stage that moved on a step has new curve points.
+  const step = job.stages.filter((s) => s.status === "running" && TRAINING.has(s.name)).map((s) => `${s.name}:${s.progress_done}`).join();
   const loads = [];
   if (sig !== signature) loads.push(loadLabels(), loadMetrics(), loadEvaluations(), loadCheckpoints());
-  else if (training && Date.now() - lastMetricsAt > METRICS_EVERY_MS) loads.push(loadMetrics());
+  else if (step && step !== lastTrainingStep && Date.now() - lastMetricsAt > METRICS_MIN_GAP_MS) loads.push(loadMetrics());
+  if (loads.length) lastTrainingStep = step;
   const results = await Promise.allSettled(loads);
   const failed = results.find((r) => r.status === "rejected");
   if (failed) actionMessage(`Could not load part of the page: ${failed.reason.message}`, true);
