@@ -101,6 +101,11 @@ def test_cookie_requests_see_only_the_tenant_and_posts_need_the_csrf_header(
         headers={"Origin": "https://evil.test"},
     )
     assert cross_site.status_code == 403 and "set-cookie" not in cross_site.headers
+    # No open redirect after sign-in, and nothing outside the static directory is served.
+    login = httpx.get(f"{url}/dashboard/login", params={"next": "https://evil.test/x"})
+    assert 'name="next" value="/dashboard/"' in login.text
+    assert httpx.get(f"{url}/dashboard/static/..%2Frouter.py").status_code == 404
+    assert httpx.get(f"{url}/dashboard/static/job.js").headers["content-type"].startswith("text/javascript")
     html_page = httpx.get(f"{url}/dashboard/jobs", cookies=mine)
     assert html_page.status_code == 200
     assert "script-src 'self'" in html_page.headers["content-security-policy"]
