@@ -180,6 +180,8 @@ def _parse_line(raw: bytes, line_no: int) -> dict[str, Any] | None:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValidationFailed(f"invalid JSON: {exc.msg} at column {exc.colno}", param=where) from exc
+    except RecursionError:  # json gives up on deep nesting this way, not with a JSONDecodeError
+        raise ValidationFailed("invalid JSON: nested too deeply", param=where) from None
     if not isinstance(row, dict):
         raise ValidationFailed(f"must be a JSON object, got {type(row).__name__}", param=where)
     for field in row:
