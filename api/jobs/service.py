@@ -203,7 +203,10 @@ def resolve_spec(
         data["task"] = body.dataset
         data.pop("path", None)
     elif body.dataset is not None:
-        dataset = get_dataset(session=session, who=who, dataset_id=body.dataset)
+        try:
+            dataset = get_dataset(session=session, who=who, dataset_id=body.dataset)
+        except NotFound as exc:  # name the request's field, not the datasets route's parameter
+            raise NotFound(exc.message, param="dataset") from None
         data.update(task="custom", path=dataset.uri, has_gold=dataset.has_answers)
         dataset_id = dataset.id
     if data.get("task") in DATA_DIR_TASKS:
