@@ -87,7 +87,7 @@ def test_another_tenants_objects_answer_404(api, tmp_path: Path) -> None:
         d["id"] for d in api.client.get("/v1/datasets", headers=api.b).json()["data"]
     }
     r = api.client.post("/v1/jobs", headers=api.b, json={"preset": "smoke", "dataset": dataset["id"]})
-    assert r.status_code == 404 and r.json()["error"]["param"] == "dataset_id"
+    assert r.status_code == 404 and r.json()["error"]["param"] == "dataset"
     # A's own job is untouched by B's attempts
     assert api.client.get(f"/v1/jobs/{jid}", headers=api.a).json()["status"] == "pending"
 
