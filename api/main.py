@@ -21,6 +21,7 @@ from api.limits import BodyLimitMiddleware
 from api.presets.router import router as presets_router
 from api.ratelimit import RateLimiter
 from api.results.router import router as results_router
+from api.schemas import error_responses
 from api.system.router import router as system_router
 from api.system.service import JobsCollector, PrometheusMiddleware
 from store.artifacts import ArtifactStore
@@ -80,7 +81,10 @@ def create_app(
     app.state.registry = registry
     install_error_handlers(app)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(current_principal)])
+    # every /v1 route can refuse the key (401), the request rate (429) or an unparsable body (400)
+    v1 = APIRouter(
+        prefix="/v1", dependencies=[Depends(current_principal)], responses=error_responses(400, 401, 429)
+    )
     for router in (datasets_router, jobs_router, events_router, results_router, presets_router):
         v1.include_router(router)
     app.include_router(v1)
