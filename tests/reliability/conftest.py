@@ -16,6 +16,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,18 +132,43 @@ class RelStack(Stack):
     engine: Engine | None = None
     workers_started: int = 0
 
+    @contextmanager
+    def settings(self, **values: str) -> Iterator[None]:
+        """Run the commands started inside with these ``TWOFOLD_<NAME>`` settings."""
+        saved = self.env
+        self.env = {**saved, **{f"TWOFOLD_{k.upper()}": v for k, v in values.items()}}
+        try:
+            yield
+        finally:
+            self.env = saved
+
     def spawn_worker(self) -> str:
         """Start a new worker (all queues, with the sweeper's scheduler); returns its process name."""
         self.workers_started += 1
         name = f"worker-{self.workers_started}"
-        saved = self.env
-        url = saved["TWOFOLD_DATABASE_URL"] + f"&application_name={WORKER_APP}"
-        self.env = {**saved, "TWOFOLD_DATABASE_URL": url}
-        try:
+        with self.settings(database_url=self.env["TWOFOLD_DATABASE_URL"] + f"&application_name={WORKER_APP}"):
             self.spawn(name, "worker", "--queues", "gpu,io,default", "--beat", "--loglevel", "info")
-        finally:
-            self.env = saved
         return name
+
+    def spawn_api(self, name: str, **values: str) -> tuple[str, str]:
+        """Start a ``twofold serve`` with these settings (a new ``database_url`` is migrated first) and an API
+        key on its database; returns (base URL, key) once it is ready."""
+        port = free_port()
+        with self.settings(**values):
+            if "database_url" in values:
+                self.run("db", "upgrade")
+            key = self.run("apikey", "create", "--tenant", f"{name}-tenant").strip().splitlines()[-1]
+            self.spawn(name, "serve", "--port", str(port), "--log-level", "info")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return url, key
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, self.log(name)
+            time.sleep(0.2)
 
     def worker(self) -> str:
         """The name of the running worker."""
@@ -196,13 +222,9 @@ def rel(tmp_path_factory: pytest.TempPathFactory, teacher_server: Any) -> Iterat
         s.engine = make_engine(db_url)
         try:
             s.run("db", "upgrade")
-            key = s.run("apikey", "create", "--tenant", "reliability-a").strip().splitlines()[-1]
+            s.api_url, key = s.spawn_api("api")
             s.headers = {"Authorization": f"Bearer {key}"}
-            port = free_port()
-            s.api_url = f"http://127.0.0.1:{port}"
-            s.spawn("api", "serve", "--port", str(port), "--log-level", "info")
             s.spawn_worker()
-            wait_ready(s.api_url, lambda: s.log("api"))
             yield s
         finally:
             for name in list(s.procs):
@@ -210,19 +232,6 @@ def rel(tmp_path_factory: pytest.TempPathFactory, teacher_server: Any) -> Iterat
             s.engine.dispose()
             faulty.stop()
             redis_server.stop()
-
-
-def wait_ready(api_url: str, log: Any, timeout: float = 60) -> None:
-    """Wait until ``GET /readyz`` answers 200 (database and broker reachable)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log()
-        time.sleep(0.2)
 
 
 def assert_complete(rel: RelStack, job_id: str, spec: dict[str, Any]) -> dict[str, int]:
