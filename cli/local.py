@@ -166,7 +166,7 @@ def demo_cmd(
     job_dir = out_dir / "job"
     shutil.rmtree(job_dir, ignore_errors=True)
     server = start_teacher(
-        teacher_dir, name="tiny-teacher", threads=1, log_path=out_dir / "teacher_server.log"
+        teacher_dir, name="tiny-teacher", threads=threads, log_path=out_dir / "teacher_server.log"
     )
     try:
         click.echo(f"teacher server at {server.url}")
