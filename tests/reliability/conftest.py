@@ -183,10 +183,11 @@ class RelStack(Stack):
         return self.wait(job_id, lambda j: j["status"] in FINISHED, timeout=timeout)
 
     def sql(self, query: str, **params: Any) -> list[Any]:
-        """Rows of a query on the stack's schema."""
+        """Run a statement on the stack's schema (committed); returns its rows, if any."""
         assert self.engine is not None
-        with self.engine.connect() as conn:
-            return list(conn.execute(text(query), params))
+        with self.engine.begin() as conn:
+            result = conn.execute(text(query), params)
+            return list(result) if result.returns_rows else []
 
     def teacher_counts(self) -> tuple[int, int]:
         """(POST requests, completion rows) the upstream teacher server has served so far."""

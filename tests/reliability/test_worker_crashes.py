@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.conftest import RelStack, assert_complete, rel_spec
+from tests.reliability.conftest import RelStack, assert_complete, assert_secret_kept, rel_spec
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -64,6 +64,7 @@ def test_a_worker_killed_in_every_stage_costs_minutes_not_the_job(rel: RelStack)
     counts = assert_complete(rel, job_id, spec)
     events = rel.all_pages(f"/v1/jobs/{job_id}/events")
     assert {e["stage"] for e in events if e["type"] == "stage.requeued"} == set(STAGES)
+    assert_secret_kept(rel, job_id)  # six workers' logs, tracebacks of killed tasks included
 
     # What the job needs from the teacher: one request (n=2) per question and temperature, one greedy request
     # per test question; the same in completion rows.
