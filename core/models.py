@@ -31,8 +31,6 @@ PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 #: name -> (hidden, layers, heads, intermediate). Parameter counts with the 259-token byte vocabulary.
 PRESETS: dict[str, tuple[int, int, int, int]] = {
     "tiny-teacher": (128, 2, 4, 512),  # ~0.56M parameters
-    "tiny-teacher-deep": (96, 4, 4, 384),  # ~0.6M parameters
-    "tiny-student-deep": (48, 4, 4, 192),  # ~0.16M parameters
     "tiny-student": (64, 2, 4, 256),  # ~0.15M parameters, about 4x smaller
     "micro": (32, 1, 2, 64),  # ~15K parameters, for fast tests
 }
