@@ -42,6 +42,32 @@ def _tenant_of(rel: RelStack, token: str) -> uuid.UUID:
     return uuid.UUID(str(rows[0][0]))
 
 
+def _db_job(rel: RelStack, token: str, checkpoint_uris: list[str]) -> tuple[str, list[str]]:
+    """A failed job of ``token``'s tenant with checkpoint rows at ``checkpoint_uris``, written straight into the
+    database (no worker runs it); returns (job id, checkpoint ids)."""
+    assert rel.engine is not None
+    with transaction(make_session_factory(rel.engine)) as s:
+        job = create_job(
+            s,
+            tenant_id=_tenant_of(rel, token),
+            spec=rel_spec("http://127.0.0.1:9/v1", teacher={"api_key": None}),
+            teacher_api_key=None,
+            preset=None,
+            metadata={},
+            dataset_id=None,
+        )
+        job.status = "failed"
+        rows = [
+            Checkpoint(
+                job_id=job.id, stage="sft", kind="policy", step=i, uri=uri, size_bytes=1, sha256="0" * 64
+            )
+            for i, uri in enumerate(checkpoint_uris)
+        ]
+        s.add_all(rows)
+        s.flush()
+        return str(job.id), [str(r.id) for r in rows]
+
+
 def _app_v1_routes(tmp_path: Path) -> list[tuple[str, str]]:
     """(method, path) of every /v1 route the application object has, ids filled in with random UUIDs."""
     app = create_app(
@@ -87,26 +113,8 @@ def test_a_tenant_cannot_touch_another_tenants_objects(rel: RelStack) -> None:
         files={"file": ("a.jsonl", b'{"question": "1+1?"}\n')},
         timeout=30,
     ).json()
-    # A's failed job with a checkpoint, written straight into the database (no worker runs it)
-    assert rel.engine is not None
-    with transaction(make_session_factory(rel.engine)) as s:
-        job = create_job(
-            s,
-            tenant_id=_tenant_of(rel, token_a),
-            spec=rel_spec("http://127.0.0.1:9/v1", teacher={"api_key": None}),
-            teacher_api_key=None,
-            preset=None,
-            metadata={"owner": "a"},
-            dataset_id=None,
-        )
-        job.status = "failed"
-        key = f"jobs/{job.id}/checkpoints/sft-policy-1"
-        ckpt = Checkpoint(
-            job_id=job.id, stage="sft", kind="policy", step=1, uri=key, size_bytes=2, sha256="0" * 64
-        )
-        s.add(ckpt)
-        s.flush()
-        job_id, ckpt_id = str(job.id), str(ckpt.id)
+    key = f"checkpoints-of-a/{uuid.uuid4().hex}"
+    job_id, (ckpt_id,) = _db_job(rel, token_a, [key])
     root = Path(rel.env["TWOFOLD_ARTIFACTS_URL"])
     (root / key).mkdir(parents=True)
     (root / key / "config.json").write_text("{}")
@@ -175,27 +183,7 @@ def test_crafted_artifact_uris_cannot_leave_the_artifact_root(rel: RelStack) -> 
     for name, target in (("passwd", "/etc/passwd"), ("etc", "/etc")):
         if not (mixed / name).is_symlink():
             os.symlink(target, mixed / name)
-    assert rel.engine is not None
-    with transaction(make_session_factory(rel.engine)) as s:
-        job = create_job(
-            s,
-            tenant_id=_tenant_of(rel, token),
-            spec=rel_spec("http://127.0.0.1:9/v1", teacher={"api_key": None}),
-            teacher_api_key=None,
-            preset=None,
-            metadata={},
-            dataset_id=None,
-        )
-        rows = [
-            Checkpoint(
-                job_id=job.id, stage="sft", kind="policy", step=i, uri=uri, size_bytes=1, sha256="0" * 64
-            )
-            for i, uri in enumerate([*CRAFTED_URIS, "mixed-checkpoint"])
-        ]
-        s.add_all(rows)
-        s.flush()
-        ids = [str(r.id) for r in rows]
-        job_id = str(job.id)
+    job_id, ids = _db_job(rel, token, [*CRAFTED_URIS, "mixed-checkpoint"])
     outside = Path("/etc/passwd").read_bytes()[:32]
     for uri, ckpt_id in zip(CRAFTED_URIS, ids, strict=False):
         r = httpx.get(

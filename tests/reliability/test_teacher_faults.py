@@ -69,13 +69,13 @@ def test_a_flaky_then_dead_teacher_costs_a_retry_not_the_job(rel: RelStack) -> N
     counts = assert_complete(rel, job_id, spec)
     need_rows = spec["data"]["train_size"] * 4 - kept + spec["data"]["test_size"]
     paid_rows = rel.teacher_counts()[1] - rows_before_retry
-    assert (
-        need_rows <= paid_rows <= need_rows + 2 * spec["teacher"]["concurrency"]
-    )  # hung requests may finish
 
     injected = {k: ft.stats()[k] - before[k] for k in before}
     events = rel.all_pages(f"/v1/jobs/{job_id}/events")
     seen = _retry_kinds(events)
+    # injected faults never reach the teacher; only a genuine client timeout (a slow answer on a busy
+    # machine, retried) can make it serve a request twice, of at most n = 2 rows
+    assert need_rows <= paid_rows <= need_rows + 2 * (seen["timeout"] - injected["hang"])
     assert injected["error_500"] > 0 and injected["error_429"] > 0 and injected["hang"] > 0
     assert seen["http_500"] == injected["error_500"] and seen["http_429"] == injected["error_429"]
     assert seen["malformed"] == injected["malformed"] and seen["timeout"] >= injected["hang"]
