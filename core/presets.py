@@ -26,7 +26,7 @@ _DEMO: dict[str, Any] = {
         "timeout_s": 120,
     },
     "student": {"preset": "tiny-student"},
-    "sft": {"epochs": 4, "lr": 3e-3, "batch_size": 64, "max_length": 140},
+    "sft": {"epochs": 8, "lr": 6e-3, "batch_size": 64, "max_length": 140},
     "labels": {"student_samples": 4, "min_vote_share": 0.6, "max_new_tokens": 40},
     "reward_model": {"init": "sft", "epochs": 2, "lr": 1e-3, "batch_size": 64, "max_length": 140},
     "rl": {
