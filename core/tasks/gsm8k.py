@@ -18,7 +18,7 @@ _NUM = r"-?[$]?\s*[0-9][0-9,]*(?:\.[0-9]+)?|-?[$]?\.[0-9]+"
 _AFTER_HASH = re.compile(r"####\s*(" + _NUM + ")")
 _ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is[:\s]*(" + _NUM + ")")
 # in running text a minus counts only when it is not an operator ("10-3" ends with 3, not -3)
-_ANY_NUM = re.compile(r"(?:(?<![0-9A-Za-z)])-)?[$]?[0-9][0-9,]*(?:\.[0-9]+)?")
+_ANY_NUM = re.compile(r"(?:(?<![0-9A-Za-z)])-)?[$]?(?:[0-9][0-9,]*(?:\.[0-9]+)?|\.[0-9]+)")
 
 
 def load(path: str | Path, split: str = "train") -> list[Item]:

@@ -82,12 +82,14 @@ def test_malformed_yaml_and_unknown_stage_are_reported(tmp_path: Path) -> None:
     assert not out.exists() and not (tmp_path / "o1").exists()
 
 
-def test_a_job_that_fails_in_its_first_stage_leaves_no_output(tmp_path: Path, tiny_teacher_url: str) -> None:
-    # the endpoint answers its health check but serves another model, so sampling requests fail
+def test_a_teacher_that_does_not_serve_the_model_is_refused_before_any_output(
+    tmp_path: Path, tiny_teacher_url: str
+) -> None:
+    # the endpoint answers its health check but serves another model: refused at preflight, naming the field
     spec = job(tiny_teacher_url, teacher={"model": "no-such-model"})
     result, out = run(tmp_path, spec, "--stage", "teacher_sampling")
     assert result.exit_code != 0
-    assert result.exception is not None and "no-such-model" in str(result.exception)
+    assert "teacher.model" in result.output and "no-such-model" in result.output
     assert not out.exists()
 
 

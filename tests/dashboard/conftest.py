@@ -84,7 +84,7 @@ def smoke_job(dash_server: ApiServer) -> dict[str, Any]:
     return job
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # the sync API runs an event loop: close it before other modules
 def browser() -> Iterator[Any]:
     """Headless Chromium; skipped where Debian's chromium or Playwright is missing (``make browser``
     installs them), except in CI, where that is a failure."""
