@@ -68,7 +68,7 @@ def rel_spec(teacher_url: str, **sections: dict[str, Any]) -> dict[str, Any]:
             "max_new_tokens": 24,
             "save_every": 5,
         },
-        "evaluation": {"max_new_tokens": 24, "batch_size": 32},
+        "evaluation": {"max_new_tokens": 24, "batch_size": 2},  # many small batches: a kill lands mid-stage
         "threads": 1,
         "seed": 0,
     }

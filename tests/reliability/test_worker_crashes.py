@@ -22,7 +22,7 @@ CAP_S = {
     "labeling": 2.0,
     "reward_model": 1.5,
     "rl": 2.5,
-    "evaluation": 1.5,
+    "evaluation": 1.0,
 }
 
 
