@@ -157,7 +157,8 @@ def demo_cmd(
         shutil.rmtree(teacher_dir, ignore_errors=True)
         click.echo("training the tiny teacher on worked solutions ...")
         t = time.monotonic()
-        meta = train_tiny_teacher(teacher_dir, callbacks=FileCallbacks(out_dir, quiet=True).__enter__())
+        with FileCallbacks(out_dir) as teacher_cb:  # a progress bar for the teacher too, closed afterwards
+            meta = train_tiny_teacher(teacher_dir, callbacks=teacher_cb)
         stages["teacher_training"] = round(time.monotonic() - t, 1)
         click.echo(f"  teacher: {meta['parameters']:,} parameters, {meta['seconds']:.0f}s")
     else:
