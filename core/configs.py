@@ -175,10 +175,24 @@ class LabelConfig:
 
 @dataclass(frozen=True)
 class RewardModelConfig:
-    """A scalar-head reward model trained on the pseudo-labelled responses."""
+    """A reward model trained on the pseudo-labelled responses.
 
+    ``kind`` picks how a response is scored. ``scalar`` is the classic RLHF reward model: a linear head on the
+    last token's hidden state (transformers' ``*ForSequenceClassification``). ``implicit`` is a causal LM
+    initialised from the SFT student whose reward is ``beta * sum_t log(pi(y_t) / pi_sft(y_t))`` over the
+    response tokens (the implicit reward of Yuan et al. 2024, "Free Process Rewards without Process Labels"),
+    trained with the same BCE and Bradley-Terry losses; it reuses the language-model head, so it learns from far
+    fewer labels, which is what tiny models need (docs/results.md).
+    """
+
+    kind: Literal["scalar", "implicit"] = _help(
+        "scalar: a scalar head on the last token; implicit: beta * log-ratio of a fine-tuned LM to the SFT model",
+        default="scalar",
+    )
+    beta: float = _help("implicit: scale of the log-ratio reward (the logit of the label)", default=0.5)
     init: Literal["student_base", "sft"] = _help(
-        "initialise from the student's base weights or from the SFT checkpoint", default="student_base"
+        "initialise from the student's base weights or from the SFT checkpoint (implicit: always sft)",
+        default="student_base",
     )
     loss: Literal["bce", "bradley_terry", "both"] = _help(
         "pointwise BCE on labels, pairwise Bradley-Terry on (agree, disagree) pairs, or their sum",
@@ -195,6 +209,13 @@ class RewardModelConfig:
         _check(self.lr > 0, "reward_model.lr", "must be > 0")
         _check(self.batch_size >= 2, "reward_model.batch_size", "must be >= 2")
         _check(0.0 <= self.holdout_fraction < 1.0, "reward_model.holdout_fraction", "must be in [0, 1)")
+        _check(self.beta > 0, "reward_model.beta", "must be > 0")
+        if self.kind == "implicit":
+            _check(
+                self.init == "sft",
+                "reward_model.init",
+                "an implicit reward model starts from the SFT checkpoint (its reference); set init: sft",
+            )
 
 
 @dataclass(frozen=True)

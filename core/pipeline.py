@@ -396,24 +396,30 @@ def _labels(ctx: _Context) -> list[Label]:
 
 
 def _reward_model(ctx: _Context) -> dict[str, Any]:
-    from core.models import build_reward_model, model_from_config, save_hf
-    from core.reward_model import train_reward_model
+    from core.models import build_reward_model, model_from_config
+    from core.reward_model import save_reward_model, train_reward_model
     from core.training import clear_state
 
     spec = ctx.spec
+    cfg = spec.reward_model
     labels = _labels(ctx)
-    if spec.reward_model.init == "sft":
-        base, tok = ctx.load_policy("sft")
+    ref = None
+    if cfg.kind == "implicit":
+        rm, tok = ctx.load_policy("sft")  # trained in place; the frozen SFT copy below is its reference
+        ref, _ = ctx.load_policy("sft")
     else:
-        base, tok = model_from_config(
-            spec.student.preset,
-            spec.student.path,
-            seed=spec.seed + 1,
-            dtype=spec.student.dtype,
-            device=ctx.device,
-        )
-    rm = build_reward_model(base, tok).to(ctx.device)
-    del base
+        if cfg.init == "sft":
+            base, tok = ctx.load_policy("sft")
+        else:
+            base, tok = model_from_config(
+                spec.student.preset,
+                spec.student.path,
+                seed=spec.seed + 1,
+                dtype=spec.student.dtype,
+                device=ctx.device,
+            )
+        rm = build_reward_model(base, tok).to(ctx.device)
+        del base
     state_dir = ctx.ws.path("reward_model_state")
     summary = train_reward_model(
         rm,
@@ -421,18 +427,22 @@ def _reward_model(ctx: _Context) -> dict[str, Any]:
         labels,
         ctx.data.train,
         ctx.task.build_prompt,
-        cfg=spec.reward_model,
+        cfg=cfg,
         callbacks=ctx.cb,
         state_dir=state_dir,
         seed=spec.seed,
+        ref=ref,
     )
-    out = save_hf(rm, tok, ctx.ws.path("reward_model"))
+    out = save_reward_model(rm, tok, ctx.ws.path("reward_model"), cfg)
     ctx.cb.checkpoint("reward_model", "reward_model", summary["steps"], out)
     clear_state(state_dir)
+    summary["kind"] = cfg.kind
     return summary
 
 
-def _reward_fn(ctx: _Context, reward: str) -> Callable[[list[Item], list[str]], list[float]]:
+def _reward_fn(ctx: _Context, reward: str, ref: Any = None) -> Callable[[list[Item], list[str]], list[float]]:
+    """The RL reward for ``reward`` (gold | pseudo_label | reward_model); ``ref`` is the frozen SFT model, which an
+    implicit reward model scores against."""
     task = ctx.task
     if reward == "gold":
         return lambda items, texts: [
@@ -446,20 +456,19 @@ def _reward_fn(ctx: _Context, reward: str) -> Callable[[list[Item], list[str]], 
         return lambda items, texts: [
             float(task.extract_answer(t) == kept[it.id].majority) for it, t in zip(items, texts, strict=True)
         ]
-    from transformers import AutoModelForSequenceClassification
-
     from core.models import load_tokenizer
-    from core.reward_model import score_responses
+    from core.reward_model import load_reward_scorer, reward_model_meta, score_responses
 
     path = ctx.ws.path("reward_model")
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"rl: reward model missing at {path}; run the reward_model stage first")
-    rm = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True).to(ctx.device)
-    rm.eval()
+    if reward_model_meta(path)["kind"] == "implicit" and ref is None:
+        ref, _ = ctx.load_policy("sft")
+    scorer = load_reward_scorer(path, ref=ref, device=ctx.device)
     tok = load_tokenizer(path)
     max_len = ctx.spec.reward_model.max_length
     return lambda items, texts: score_responses(
-        rm, tok, [task.build_prompt(it) for it in items], texts, max_length=max_len
+        scorer, tok, [task.build_prompt(it) for it in items], texts, max_length=max_len
     )
 
 
@@ -480,7 +489,7 @@ def run_rl(ctx: _Context, *, out_name: str = "rl") -> dict[str, Any]:
 
         kept = kept_questions(votes_by_question(ctx.teacher_samples()), spec.labels.min_vote_share)
         items = [it for it in items if it.id in kept]
-    reward_fn = _reward_fn(ctx, spec.rl.reward)
+    reward_fn = _reward_fn(ctx, spec.rl.reward, ref=ref)
     trainer = train_ppo if spec.rl.algo == "ppo" else train_grpo
     state_dir = ctx.ws.path(f"{out_name}_state")
     summary = trainer(

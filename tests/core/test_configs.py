@@ -94,6 +94,9 @@ def test_a_number_is_accepted_where_a_float_is_expected() -> None:
         ({"data": {"task": "gsm8k"}}, "data.path"),
         ({"labels": {"min_vote_share": 1.5}}, "labels.min_vote_share"),
         ({"reward_model": {"batch_size": 1}}, "reward_model.batch_size"),
+        ({"reward_model": {"kind": "implicit", "init": "student_base"}}, "reward_model.init"),
+        ({"reward_model": {"kind": "implicit", "init": "sft", "beta": 0}}, "reward_model.beta"),
+        ({"reward_model": {"kind": "pairwise"}}, "reward_model.kind"),
     ],
 )
 def test_missing_or_impossible_values_name_the_field(patch: dict[str, Any], param: str) -> None:

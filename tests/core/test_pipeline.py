@@ -213,3 +213,31 @@ def test_teacher_sampling_resumes_by_requesting_only_missing_samples(
     rows = [json.loads(line) for line in (tmp_path / "teacher_samples.jsonl").read_text().splitlines()]
     assert len(rows) == len({(r["question_id"], r["temperature"], r["index"]) for r in rows}) == len(lines)
     assert json.loads((tmp_path / "stages" / "teacher_sampling.json").read_text())["reused"] == len(kept)
+
+
+def test_an_implicit_reward_model_scores_rl_against_the_sft_reference(
+    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData, tmp_path: Path
+) -> None:
+    """The demo's reward model kind: a copy of the SFT policy whose reward is beta * log(pi_rm / pi_sft)."""
+    ws = tmp_path / "job"
+    shutil.copytree(smoke_run["workdir"], ws)
+    for stage in ("reward_model", "rl", "evaluation"):
+        (ws / "stages" / f"{stage}.json").unlink()
+    shutil.rmtree(ws / "reward_model")
+    shutil.rmtree(ws / "rl")
+    raw = spec.to_dict()
+    raw["reward_model"] = {**raw["reward_model"], "kind": "implicit", "init": "sft", "beta": 0.5}
+    implicit = JobSpec.from_dict(raw)
+    cb = Recorder()
+    summaries = pipeline.run_pipeline(implicit, data=data, workdir=ws, callbacks=cb)
+    assert cb.stages_with("stage_started") == ["reward_model", "rl", "evaluation"]
+    meta = json.loads((ws / "reward_model" / "twofold_reward.json").read_text())
+    assert meta["kind"] == "implicit" and meta["beta"] == 0.5
+    assert summaries["reward_model"]["kind"] == "implicit"
+    assert summaries["reward_model"]["accuracy"] is not None
+    # the reward model is a causal LM (no scalar head) that has moved away from the SFT policy it started from
+    rm, _ = load_causal_lm(ws / "reward_model")
+    sft = load_causal_lm(ws / "sft")[0].state_dict()
+    assert any(not torch.equal(sft[k], v) for k, v in rm.state_dict().items())
+    assert summaries["rl"]["reward_source"] == "reward_model" and summaries["rl"]["steps"] == 3
+    assert json.loads((ws / "evaluation.json").read_text())["rl"]["n"] == TEST

@@ -114,3 +114,129 @@ def test_labels_of_unknown_questions_only_is_an_error() -> None:
             cfg=RewardModelConfig(),
             callbacks=NullCallbacks(),
         )
+
+
+# --- the implicit reward model: beta * sum_t log(pi / pi_ref) over the response --------------------------------
+
+
+def implicit_pair(seed: int = 0) -> tuple[Any, Any, Any]:
+    """A micro causal LM (the reward model), an identical frozen copy (its reference), and the tokenizer."""
+    import copy
+
+    from core.models import build_tiny
+
+    rm, tok = build_tiny("micro", seed=seed)
+    return rm, copy.deepcopy(rm), tok
+
+
+def test_implicit_score_is_beta_times_the_response_log_ratio() -> None:
+    from core.reward_model import RewardScorer, _pad_left
+    from core.training import encode_pairs
+
+    rm, ref, tok = implicit_pair()
+    with torch.no_grad():  # make the reward model differ from its reference
+        for p in rm.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prompts, responses = ["Q: 2+2?\nA:", "Q: long prompt here?\nA:"], [" 4 #### 4", " #### 7"]
+    enc = encode_pairs(tok, prompts, responses, max_length=64, add_eos=False)
+    ids, mask, completion = _pad_left(enc, tok.pad_token_id, torch.device("cpu"))
+    got = RewardScorer(rm, "implicit", ref, beta=0.3)(ids, mask, completion)
+
+    def response_logprob(model: Any, prompt: str, response: str) -> float:
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        r = tok(response, add_special_tokens=False)["input_ids"]
+        logits = model(input_ids=torch.tensor([p + r])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        return sum(float(logp[len(p) + t - 1, r[t]]) for t in range(len(r)))  # position i predicts token i+1
+
+    with torch.no_grad():
+        want = [
+            0.3 * (response_logprob(rm, p, r) - response_logprob(ref, p, r))
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+    assert got.tolist() == pytest.approx(want, abs=1e-4)
+    assert abs(want[0]) > 1e-3  # the check is not vacuous
+
+
+def test_an_untrained_implicit_reward_model_scores_one_half() -> None:
+    from core.reward_model import RewardScorer
+
+    rm, ref, tok = implicit_pair()
+    item = arithmetic.load("train", size=1, seed=0)[0]
+    scores = score_responses(
+        RewardScorer(rm, "implicit", ref, beta=1.0), tok, [arithmetic.build_prompt(item)] * 2, [" 1+2=3.", ""]
+    )
+    assert scores == pytest.approx([0.5, 0.5], abs=1e-6)
+
+
+def test_an_implicit_reward_model_needs_its_reference() -> None:
+    from core.reward_model import RewardScorer
+
+    rm, _, tok = implicit_pair()
+    with pytest.raises(ValueError, match="reference"):
+        RewardScorer(rm, "implicit", None)
+    items, labels = separable_labels(8, 2)
+    with pytest.raises(ValueError, match="reference"):
+        train_reward_model(
+            rm,
+            tok,
+            labels,
+            items,
+            arithmetic.build_prompt,
+            cfg=RewardModelConfig(kind="implicit", init="sft"),
+            callbacks=NullCallbacks(),
+        )
+
+
+def test_an_implicit_reward_model_learns_a_separable_rule_saves_and_loads(tmp_path: Any) -> None:
+    from core.reward_model import load_reward_scorer, reward_model_meta, save_reward_model
+
+    items, labels = separable_labels()
+    rm, ref, tok = implicit_pair()
+    frozen = {k: v.clone() for k, v in ref.state_dict().items()}
+    cfg = RewardModelConfig(
+        kind="implicit",
+        init="sft",
+        beta=0.5,
+        epochs=3,
+        lr=3e-3,
+        batch_size=32,
+        max_length=128,
+        holdout_fraction=0.25,
+    )
+    result = train_reward_model(
+        rm, tok, labels, items, arithmetic.build_prompt, cfg=cfg, callbacks=NullCallbacks(), ref=ref
+    )
+    # labels are half positive: ranking is learned fully, the 0.5 threshold (no bias term) less so
+    assert result["pairwise_accuracy"] > 0.8 and result["accuracy"] > 0.65, result
+    assert all(torch.equal(v, frozen[k]) for k, v in ref.state_dict().items())  # the reference never moves
+
+    out = save_reward_model(rm, tok, tmp_path / "rm", cfg)
+    assert reward_model_meta(out) == {"kind": "implicit", "beta": 0.5, "max_length": 128, "reference": "sft"}
+    scorer = load_reward_scorer(out, ref=ref)
+    prompt = arithmetic.build_prompt(items[0])
+    texts = [" 3+4=7. #### 1", " 3+4=7. #### 7"]
+    loaded = score_responses(scorer, tok, [prompt] * 2, texts)
+    assert loaded[0] > loaded[1]
+    from core.reward_model import RewardScorer
+
+    assert loaded == pytest.approx(
+        score_responses(RewardScorer(rm, "implicit", ref, 0.5), tok, [prompt] * 2, texts)
+    )
+    with pytest.raises(ValueError, match="reference"):
+        load_reward_scorer(out)  # an implicit reward model cannot score without the SFT model
+
+
+def test_a_scalar_reward_model_directory_without_metadata_loads_as_scalar(
+    trained: dict[str, Any], tmp_path: Any
+) -> None:
+    from core.models import save_hf
+    from core.reward_model import load_reward_scorer, reward_model_meta
+
+    save_hf(trained["rm"], trained["tok"], tmp_path / "plain")
+    assert reward_model_meta(tmp_path / "plain") == {"kind": "scalar"}
+    scorer = load_reward_scorer(tmp_path / "plain")
+    prompt = arithmetic.build_prompt(trained["items"][0])
+    assert score_responses(scorer, trained["tok"], [prompt], [" 3+4=7. #### 1"]) == pytest.approx(
+        score_responses(trained["rm"], trained["tok"], [prompt], [" 3+4=7. #### 1"])
+    )
