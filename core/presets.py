@@ -11,37 +11,45 @@ from typing import Any
 
 PRESET_DESCRIPTIONS: dict[str, str] = {
     "smoke": "tiny models on 64 arithmetic questions; every stage runs for a few steps (about a minute on CPU)",
-    "demo": "the `make demo` setup: tiny student distilled from the tiny arithmetic teacher, PPO on the reward "
-    "model, 1,000 held-out problems (about 10 minutes on 2 CPU cores)",
+    "demo": "the `make demo` setup: tiny student distilled from the tiny arithmetic teacher, PPO on an implicit "
+    "reward model, 1,000 held-out problems (about 15 minutes on 2 CPU cores)",
 }
 
 _DEMO: dict[str, Any] = {
-    "data": {"task": "arithmetic", "train_size": 1500, "test_size": 1000, "seed": 0},
+    "data": {"task": "arithmetic", "train_size": 4000, "test_size": 1000, "seed": 0},
     "teacher": {
-        "temperatures": [0.3, 0.6],
-        "n": 4,
-        "max_tokens": 40,
+        "temperatures": [0.5, 0.8],
+        "n": 2,
+        "max_tokens": 56,
         "prompts_per_request": 64,
         "concurrency": 2,
         "timeout_s": 120,
     },
     "student": {"preset": "tiny-student"},
-    "sft": {"epochs": 8, "lr": 6e-3, "batch_size": 64, "max_length": 140},
-    "labels": {"student_samples": 4, "min_vote_share": 0.6, "max_new_tokens": 40},
-    "reward_model": {"init": "sft", "epochs": 2, "lr": 1e-3, "batch_size": 64, "max_length": 140},
+    "sft": {"epochs": 8, "lr": 1e-2, "warmup_steps": 60, "batch_size": 64, "max_length": 128},
+    "labels": {"student_samples": 4, "min_vote_share": 0.5, "max_new_tokens": 56},
+    "reward_model": {
+        "kind": "implicit",
+        "init": "sft",
+        "beta": 0.5,
+        "epochs": 1,
+        "lr": 1e-4,
+        "batch_size": 64,
+        "max_length": 128,
+    },
     "rl": {
         "algo": "ppo",
         "reward": "reward_model",
-        "steps": 60,
+        "steps": 75,
         "batch_size": 64,
         "mini_batch_size": 64,
         "ppo_epochs": 1,
         "lr": 1e-4,
         "value_lr": 1e-3,
         "kl_coef": 0.05,
-        "max_new_tokens": 40,
+        "max_new_tokens": 56,
     },
-    "evaluation": {"max_new_tokens": 40, "batch_size": 250},
+    "evaluation": {"max_new_tokens": 56, "batch_size": 250},
     "seed": 0,
 }
 

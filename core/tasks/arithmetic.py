@@ -1,9 +1,9 @@
 """Synthetic multi-step arithmetic word problems, generated from a seed, answered GSM8K-style.
 
-Example: "Ana has 7 pens, gets 5 more and gives away 3. How many pens now?"
-with the worked solution "7+5=12. 12-3=9. #### 9". Train and test problems come from disjoint seeds; a test
-problem whose question text also appears in the training set is skipped, so test accuracy is never on a seen
-question. Extraction and scoring are GSM8K's.
+Example: "Ana has 27 pens, gets 15, loses 3, gets 8. How many pens?" with the worked solution
+"27+15=42. 42-3=39. 39+8=47. #### 47" (3 or 4 steps, operands 1-19, running totals 1-99). Train and test
+problems come from disjoint seeds; a test problem whose question text also appears in the training set is
+skipped, so test accuracy is never on a seen question. Extraction and scoring are GSM8K's.
 """
 
 from __future__ import annotations
@@ -15,27 +15,29 @@ from core.tasks.gsm8k import build_prompt, extract_answer, is_correct  # noqa: F
 
 NAMES = ["Ana", "Ben", "Cy", "Dee", "Eli", "Fay", "Gus", "Ivy", "Jo", "Kim", "Lu", "Max", "Ned", "Oz", "Pam"]
 THINGS = ["pens", "cards", "eggs", "coins", "books", "apples", "shells", "stamps", "marbles", "cups"]
-MAX_VALUE = 99
+MAX_VALUE = 99  # no running total ever exceeds this
+MAX_OPERAND = 19  # operands run 1..19, so steps carry and borrow across the tens
+MAX_START = 50
+STEPS = (3, 4)
 
 
 def _problem(rng: random.Random) -> tuple[str, str, int]:
     name = rng.choice(NAMES)
     thing = rng.choice(THINGS)
-    value = start = rng.randint(2, 30)
+    value = start = rng.randint(2, MAX_START)
     clauses, steps = [], []
-    for _ in range(rng.choice((2, 3))):
-        # add while there is room under MAX_VALUE, otherwise (or at random) give some away
-        if value < 3 or (value < MAX_VALUE - 9 and rng.random() < 0.5):
-            b = rng.randint(1, 9)
-            clause, new, op = f"gets {b} more", value + b, "+"
+    for _ in range(rng.choice(STEPS)):
+        # gain while there is room under MAX_VALUE, otherwise (or at random) lose some; never below 1
+        if value < 3 or (value < MAX_VALUE - MAX_OPERAND and rng.random() < 0.5):
+            b = rng.randint(1, MAX_OPERAND)
+            clause, new, op = f"gets {b}", value + b, "+"
         else:
-            b = rng.randint(1, min(9, value - 1))
-            clause, new, op = f"gives away {b}", value - b, "-"
+            b = rng.randint(1, min(MAX_OPERAND, value - 1))
+            clause, new, op = f"loses {b}", value - b, "-"
         clauses.append(clause)
         steps.append(f"{value}{op}{b}={new}.")
         value = new
-    actions = ", ".join(clauses[:-1]) + " and " + clauses[-1]
-    question = f"{name} has {start} {thing}, {actions}. How many {thing} now?"
+    question = f"{name} has {start} {thing}, {', '.join(clauses)}. How many {thing}?"
     return question, " ".join(steps) + f" #### {value}", value
 
 
