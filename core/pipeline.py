@@ -8,7 +8,7 @@ stage              queue  outputs
 teacher_sampling   io     teacher_samples.jsonl (appended as responses arrive)
 sft                gpu    sft/ (HF checkpoint), sft_state/ (resume state)
 labeling           gpu    student_samples.jsonl, labels.jsonl, label_stats.json
-reward_model       gpu    reward_model/ (HF sequence-classification checkpoint)
+reward_model       gpu    reward_model/ (HF checkpoint + twofold_reward.json: scalar or implicit)
 rl                 gpu    rl/ (HF checkpoint), rl_state/ (resume state)
 evaluation         gpu    evaluation.json, eval_items/<model>.jsonl
 =================  =====  ======================================================================
@@ -462,11 +462,12 @@ def _reward_fn(ctx: _Context, reward: str, ref: Any = None) -> Callable[[list[It
     path = ctx.ws.path("reward_model")
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"rl: reward model missing at {path}; run the reward_model stage first")
-    if reward_model_meta(path)["kind"] == "implicit" and ref is None:
+    meta = reward_model_meta(path)
+    if meta["kind"] == "implicit" and ref is None:
         ref, _ = ctx.load_policy("sft")
     scorer = load_reward_scorer(path, ref=ref, device=ctx.device)
     tok = load_tokenizer(path)
-    max_len = ctx.spec.reward_model.max_length
+    max_len = meta.get("max_length", ctx.spec.reward_model.max_length)  # score as the model was trained
     return lambda items, texts: score_responses(
         scorer, tok, [task.build_prompt(it) for it in items], texts, max_length=max_len
     )

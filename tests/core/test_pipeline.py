@@ -240,4 +240,6 @@ def test_an_implicit_reward_model_scores_rl_against_the_sft_reference(
     sft = load_causal_lm(ws / "sft")[0].state_dict()
     assert any(not torch.equal(sft[k], v) for k, v in rm.state_dict().items())
     assert summaries["rl"]["reward_source"] == "reward_model" and summaries["rl"]["steps"] == 3
+    # scored against the SFT reference, not itself: an identical pair would give exactly sigmoid(0) = 0.5
+    assert summaries["rl"]["mean_reward"] != pytest.approx(0.5, abs=1e-6)
     assert json.loads((ws / "evaluation.json").read_text())["rl"]["n"] == TEST

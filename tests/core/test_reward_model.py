@@ -210,6 +210,7 @@ def test_an_implicit_reward_model_learns_a_separable_rule_saves_and_loads(tmp_pa
     # labels are half positive: ranking is learned fully, the 0.5 threshold (no bias term) less so
     assert result["pairwise_accuracy"] > 0.8 and result["accuracy"] > 0.65, result
     assert all(torch.equal(v, frozen[k]) for k, v in ref.state_dict().items())  # the reference never moves
+    assert all(p.grad is None for p in ref.parameters())  # and no gradient ever reached it
 
     out = save_reward_model(rm, tok, tmp_path / "rm", cfg)
     assert reward_model_meta(out) == {"kind": "implicit", "beta": 0.5, "max_length": 128, "reference": "sft"}
