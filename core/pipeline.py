@@ -19,6 +19,7 @@ A finished stage writes ``stages/<name>.json`` (its summary); ``run_pipeline`` s
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
 import os
@@ -405,8 +406,8 @@ def _reward_model(ctx: _Context) -> dict[str, Any]:
     labels = _labels(ctx)
     ref = None
     if cfg.kind == "implicit":
-        rm, tok = ctx.load_policy("sft")  # trained in place; the frozen SFT copy below is its reference
-        ref, _ = ctx.load_policy("sft")
+        rm, tok = ctx.load_policy("sft")  # trained in place; a frozen copy of the SFT model is its reference
+        ref = copy.deepcopy(rm)
     else:
         if cfg.init == "sft":
             base, tok = ctx.load_policy("sft")
@@ -440,7 +441,7 @@ def _reward_model(ctx: _Context) -> dict[str, Any]:
     return summary
 
 
-def _reward_fn(ctx: _Context, reward: str, ref: Any = None) -> Callable[[list[Item], list[str]], list[float]]:
+def _reward_fn(ctx: _Context, reward: str, ref: Any) -> Callable[[list[Item], list[str]], list[float]]:
     """The RL reward for ``reward`` (gold | pseudo_label | reward_model); ``ref`` is the frozen SFT model, which an
     implicit reward model scores against."""
     task = ctx.task
@@ -457,17 +458,14 @@ def _reward_fn(ctx: _Context, reward: str, ref: Any = None) -> Callable[[list[It
             float(task.extract_answer(t) == kept[it.id].majority) for it, t in zip(items, texts, strict=True)
         ]
     from core.models import load_tokenizer
-    from core.reward_model import load_reward_scorer, reward_model_meta, score_responses
+    from core.reward_model import load_reward_scorer, score_responses
 
     path = ctx.ws.path("reward_model")
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"rl: reward model missing at {path}; run the reward_model stage first")
-    meta = reward_model_meta(path)
-    if meta["kind"] == "implicit" and ref is None:
-        ref, _ = ctx.load_policy("sft")
     scorer = load_reward_scorer(path, ref=ref, device=ctx.device)
     tok = load_tokenizer(path)
-    max_len = meta.get("max_length", ctx.spec.reward_model.max_length)  # score as the model was trained
+    max_len = scorer.max_length or ctx.spec.reward_model.max_length  # score as the model was trained
     return lambda items, texts: score_responses(
         scorer, tok, [task.build_prompt(it) for it in items], texts, max_length=max_len
     )

@@ -53,6 +53,7 @@ class RewardScorer:
     kind: str = "scalar"
     ref: PreTrainedModel | None = None
     beta: float = 1.0
+    max_length: int | None = None  # the length it was trained at, when loaded from a saved directory
 
     def __post_init__(self) -> None:
         if self.kind == "implicit" and self.ref is None:
@@ -342,4 +343,10 @@ def load_reward_scorer(
     else:
         rm = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
     rm = rm.to(device).eval()
-    return RewardScorer(rm, meta["kind"], ref if meta["kind"] == "implicit" else None, meta.get("beta", 1.0))
+    return RewardScorer(
+        rm,
+        meta["kind"],
+        ref if meta["kind"] == "implicit" else None,
+        meta.get("beta", 1.0),
+        meta.get("max_length"),
+    )
