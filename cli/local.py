@@ -160,7 +160,11 @@ def demo_cmd(
         with FileCallbacks(out_dir) as teacher_cb:  # a progress bar for the teacher too, closed afterwards
             meta = train_tiny_teacher(teacher_dir, callbacks=teacher_cb)
         stages["teacher_training"] = round(time.monotonic() - t, 1)
-        click.echo(f"  teacher: {meta['parameters']:,} parameters, {meta['seconds']:.0f}s")
+        last = meta["checks"][-1]["accuracy"] if meta["checks"] else None
+        reached = f", validation accuracy {last:.1%}" if last is not None else ""
+        click.echo(
+            f"  teacher: {meta['parameters']:,} parameters, {meta['steps']} steps{reached}, {meta['seconds']:.0f}s"
+        )
     else:
         click.echo(f"reusing the tiny teacher in {teacher_dir} (--retrain-teacher to train it again)")
         stages["teacher_training"] = 0.0

@@ -36,11 +36,17 @@ def train_causal_lm(
     stage: str = "sft",
     state_dir: Path | None = None,
     seed: int = 0,
+    stop_when: Callable[[int], bool] | None = None,
+    stop_check_every: int = 25,
 ) -> dict[str, Any]:
     """Train ``model`` in place on (prompt, completion) pairs; completion-only loss; resumable from
     ``state_dir`` (weights, optimiser, step and RNG saved every :data:`SAVE_EVERY` steps).
 
-    Returns ``{"steps", "examples", "first_loss", "final_loss", "seconds"}``.
+    ``stop_when(step)``, when given, is asked every ``stop_check_every`` steps (in eval mode, without grad) and
+    ends training early when it returns True; the LR schedule stays the one planned for all the steps.
+
+    Returns ``{"steps" (steps taken), "planned_steps", "stopped_early", "examples", "first_loss", "final_loss",
+    "seconds"}``.
     """
     if not prompts:
         raise ValueError(f"{stage}: no training examples")
@@ -60,6 +66,7 @@ def train_causal_lm(
     model.train()
     start = time.monotonic()
     order: list[int] = []
+    stopped_early = False
     while step < total:
         epoch, offset = divmod(step * cfg.batch_size, steps_per_epoch * cfg.batch_size)
         # the epoch's order depends only on (seed, epoch), so a resumed run sees the same batches
@@ -83,6 +90,14 @@ def train_causal_lm(
             callbacks.progress(stage, step, total)
         if callbacks.should_stop():  # every step: cancel must land within seconds
             raise Cancelled(stage)
+        if stop_when is not None and step % stop_check_every == 0 and step < total:
+            model.eval()
+            with torch.no_grad():
+                stopped_early = bool(stop_when(step))
+            model.train()
+            if stopped_early:
+                callbacks.progress(stage, step, step)
+                break
         if state_dir is not None and (step % SAVE_EVERY == 0) and step < total:
             save_state(
                 state_dir,
@@ -97,7 +112,9 @@ def train_causal_lm(
             )
     model.eval()
     return {
-        "steps": total,
+        "steps": step,
+        "planned_steps": total,
+        "stopped_early": stopped_early,
         "examples": len(data),
         "first_loss": first_loss,
         "final_loss": ema,

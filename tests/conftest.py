@@ -73,7 +73,9 @@ def arith_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads on a busy 2-core machine are several times slower than one
     try:
-        return ensure_tiny_teacher(tmp_path_factory.mktemp("arith-teacher"), recipe={"examples": 3000})
+        return ensure_tiny_teacher(
+            tmp_path_factory.mktemp("arith-teacher"), recipe={"examples": 3000, "target_accuracy": None}
+        )
     finally:
         torch.set_num_threads(threads)
 

@@ -101,6 +101,34 @@ def test_a_stopped_run_resumes_at_its_saved_step_and_ends_where_an_uninterrupted
         assert torch.allclose(a, b, atol=1e-6), name
 
 
+def test_stop_when_ends_training_early_in_eval_mode_at_a_checked_step() -> None:
+    model, tok = build_tiny("micro", seed=0)
+    asked: list[tuple[int, bool, bool]] = []
+
+    def stop_when(step: int) -> bool:
+        asked.append((step, model.training, torch.is_grad_enabled()))
+        return step >= 15
+
+    cb = StopAt()
+    summary = train_causal_lm(
+        model, tok, PROMPTS, COMPLETIONS, cfg=CFG, callbacks=cb, stop_when=stop_when, stop_check_every=5
+    )
+    assert asked == [(5, False, False), (10, False, False), (15, False, False)]
+    assert summary["steps"] == 15 and summary["planned_steps"] == 24 and summary["stopped_early"]
+    assert cb.steps[-1] == 15
+    never = train_causal_lm(
+        build_tiny("micro", seed=0)[0],
+        tok,
+        PROMPTS,
+        COMPLETIONS,
+        cfg=CFG,
+        callbacks=NullCallbacks(),
+        stop_when=lambda step: False,
+        stop_check_every=5,
+    )
+    assert never["steps"] == 24 and not never["stopped_early"]
+
+
 def test_no_examples_is_an_error() -> None:
     model, tok = build_tiny("micro")
     with pytest.raises(ValueError, match="no training examples"):
