@@ -145,7 +145,7 @@ def demo_cmd(
     from core import pipeline
     from core.configs import JobSpec
     from core.presets import preset_spec
-    from core.tiny_teacher import train_tiny_teacher
+    from core.tiny_teacher import is_current, train_tiny_teacher
     from teacher_server.process import start as start_teacher
 
     if threads:
@@ -153,7 +153,9 @@ def demo_cmd(
     t0 = time.monotonic()
     stages: dict[str, float] = {}
     teacher_dir = out_dir / "teacher"
-    if retrain_teacher or not (teacher_dir / "twofold_teacher.json").exists():
+    if retrain_teacher or not is_current(teacher_dir):
+        if not retrain_teacher and (teacher_dir / "twofold_teacher.json").exists():
+            click.echo(f"the teacher cached in {teacher_dir} was trained with an older recipe")
         shutil.rmtree(teacher_dir, ignore_errors=True)
         click.echo("training the tiny teacher on worked solutions ...")
         t = time.monotonic()

@@ -87,6 +87,18 @@ def train_tiny_teacher(
     return meta
 
 
+def is_current(teacher_dir: Path, *, recipe: dict[str, Any] | None = None) -> bool:
+    """Whether ``teacher_dir`` holds a teacher trained with this recipe (a cache from an older one is not)."""
+    meta_path = Path(teacher_dir) / "twofold_teacher.json"
+    if not meta_path.exists() or not (Path(teacher_dir) / "config.json").exists():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("recipe") == {**TEACHER_RECIPE, **(recipe or {})}
+
+
 def ensure_tiny_teacher(
     cache_dir: Path, *, recipe: dict[str, Any] | None = None, callbacks: Callbacks | None = None
 ) -> Path:

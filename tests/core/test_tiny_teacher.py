@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.models import load_causal_lm
-from core.tiny_teacher import ensure_tiny_teacher, train_tiny_teacher
+from core.tiny_teacher import ensure_tiny_teacher, is_current, train_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,6 +22,12 @@ def test_training_stops_once_the_target_is_reached_and_records_its_checks(tmp_pa
     saved = json.loads((tmp_path / "t" / "twofold_teacher.json").read_text())
     assert saved["steps"] == 4 and saved["recipe"]["target_accuracy"] == 0.0
     load_causal_lm(tmp_path / "t")  # a loadable HF checkpoint
+    # the demo reuses a cached teacher only when it was trained with the current recipe
+    assert is_current(tmp_path / "t", recipe={**SMALL, "target_accuracy": 0.0, "check_from": 0})
+    assert not is_current(tmp_path / "t")  # the default recipe differs
+    assert not is_current(tmp_path / "missing")
+    (tmp_path / "t" / "twofold_teacher.json").write_text("{not json")
+    assert not is_current(tmp_path / "t", recipe={**SMALL, "target_accuracy": 0.0, "check_from": 0})
 
 
 def test_an_unreachable_target_trains_every_step_and_none_checks_nothing(tmp_path: Path) -> None:
