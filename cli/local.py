@@ -135,8 +135,9 @@ def demo_cmd(
 ) -> None:
     """Distil a tiny arithmetic teacher into a 4x smaller student on CPU, end to end, and compare them.
 
-    Trains a ~0.56M-parameter teacher on worked arithmetic solutions (cached in OUT/teacher), serves it with
-    the built-in OpenAI-compatible teacher server on loopback, runs teacher sampling -> SFT -> pseudo-labels ->
+    Trains a ~0.56M-parameter teacher on worked arithmetic solutions until it answers 75% of its validation
+    problems (cached in OUT/teacher, retrained when its recipe changes), serves it with the built-in
+    OpenAI-compatible teacher server on loopback, runs teacher sampling -> SFT -> pseudo-labels ->
     reward model -> PPO on a ~0.15M-parameter student, a PPO control with gold reward, and evaluates teacher,
     SFT student and RL students on 1,000 held-out problems.
     """
