@@ -17,7 +17,8 @@ from typing import Any
 
 from core.records import Callbacks, NullCallbacks
 
-#: Bump to invalidate cached tiny teachers when their recipe changes.
+#: A cached teacher is reused only when it was trained with exactly this recipe; bump ``version`` when the training
+#: code changes what a recipe produces.
 TEACHER_RECIPE: dict[str, Any] = {
     "version": 4,
     "preset": "tiny-teacher",
@@ -41,7 +42,8 @@ def train_tiny_teacher(
     This is the stand-in for a large teacher: the method never sees these gold solutions again.
     """
     from core.configs import SFTConfig
-    from core.models import build_tiny, count_parameters, generate_batched, save_hf
+    from core.evaluation import evaluate_model
+    from core.models import build_tiny, count_parameters, save_hf
     from core.sft import train_causal_lm
     from core.tasks import arithmetic
 
@@ -55,16 +57,20 @@ def train_tiny_teacher(
     checks: list[dict[str, float]] = []
     target = r["target_accuracy"]
     val = arithmetic.load("test", size=r["check_size"], seed=1000 + r["seed"]) if target is not None else []
-    val_prompts = [arithmetic.build_prompt(i) for i in val]
 
     def reached_target(step: int) -> bool:
         if step < r["check_from"]:
             return False
-        texts = generate_batched(model, tok, val_prompts, batch_size=len(val_prompts), max_new_tokens=56)
-        acc = sum(
-            arithmetic.is_correct(arithmetic.extract_answer(t), i.answer)
-            for t, i in zip(texts, val, strict=True)
-        ) / len(val)
+        acc = evaluate_model(
+            model,
+            tok,
+            val,
+            arithmetic,
+            model_name="teacher",
+            benchmark="arithmetic-val",
+            max_new_tokens=56,
+            batch_size=len(val),
+        ).accuracy
         checks.append({"step": step, "accuracy": round(acc, 4)})
         cb.metrics("teacher_training", step, {"val_accuracy": acc})
         return acc >= target
@@ -106,7 +112,7 @@ def ensure_tiny_teacher(
     r = {**TEACHER_RECIPE, **(recipe or {})}
     key = "-".join(f"{k}{r[k]}" for k in sorted(r))
     out = Path(cache_dir) / f"tiny-teacher-{_digest(key)}"
-    if (out / "twofold_teacher.json").exists() and (out / "config.json").exists():
+    if is_current(out, recipe=r):
         return out
     tmp = out.with_name(out.name + ".tmp")
     train_tiny_teacher(tmp, recipe=r, callbacks=callbacks)
