@@ -147,12 +147,30 @@ class SFTConfig:
     weight_decay: float = _help("AdamW weight decay", default=0.0)
     max_length: int = _help("prompt + completion tokens kept", default=256)
     max_per_question: int = _help("agreeing teacher responses kept per question (0 = all)", default=0)
+    holdout_questions: int = _help(
+        "kept questions held out of SFT for a label-free check: the student's greedy answers are compared with "
+        "the teacher's majority answers (no gold) every check_every steps and the checkpoint that agrees most "
+        "is kept (0 = no check; the last step is kept)",
+        default=0,
+    )
+    check_every: int = _help("steps between those checks", default=100)
+    patience: int = _help(
+        "stop after this many checks in a row without a higher agreement (0 = train every epoch)", default=0
+    )
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "sft.epochs", "must be > 0")
         _check(self.lr > 0, "sft.lr", "must be > 0")
         _check(self.batch_size >= 1, "sft.batch_size", "must be >= 1")
         _check(self.max_length >= 8, "sft.max_length", "must be >= 8")
+        _check(self.holdout_questions >= 0, "sft.holdout_questions", "must be >= 0")
+        _check(self.check_every >= 1, "sft.check_every", "must be >= 1")
+        _check(self.patience >= 0, "sft.patience", "must be >= 0")
+        _check(
+            self.patience == 0 or self.holdout_questions > 0,
+            "sft.patience",
+            "needs sft.holdout_questions > 0 (the checks it counts are made on those questions)",
+        )
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import json
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -290,14 +291,30 @@ def _teacher_sampling(ctx: _Context) -> dict[str, Any]:
 
 
 def _sft(ctx: _Context) -> dict[str, Any]:
+    from core.labeling import kept_questions, votes_by_question
     from core.models import model_from_config, save_hf
-    from core.sft import sft_examples, train_causal_lm
+    from core.sft import AgreementCheck, sft_examples, train_causal_lm
     from core.training import clear_state
 
     spec = ctx.spec
+    samples = ctx.teacher_samples()
+    held_out: list[Item] = []
+    majority: dict[str, str] = {}
+    if spec.sft.holdout_questions:
+        votes = kept_questions(votes_by_question(samples), spec.labels.min_vote_share)
+        kept_ids = sorted(votes)
+        if spec.sft.holdout_questions >= len(kept_ids):
+            raise ValueError(
+                f"sft.holdout_questions: {spec.sft.holdout_questions} held-out questions leave nothing to train "
+                f"on ({len(kept_ids)} questions have a teacher majority); lower it"
+            )
+        chosen = set(random.Random(f"{spec.seed}-sft-holdout").sample(kept_ids, spec.sft.holdout_questions))
+        held_out = [it for it in ctx.data.train if it.id in chosen]
+        majority = {q: str(votes[q].majority) for q in chosen}
+    train_items = [it for it in ctx.data.train if it.id not in majority]
     prompts, completions = sft_examples(
-        ctx.data.train,
-        ctx.teacher_samples(),
+        train_items,
+        samples,
         ctx.task.build_prompt,
         spec.sft,
         min_vote_share=spec.labels.min_vote_share,
@@ -311,6 +328,20 @@ def _sft(ctx: _Context) -> dict[str, Any]:
         spec.student.preset, spec.student.path, seed=spec.seed, dtype=spec.student.dtype, device=ctx.device
     )
     state_dir = ctx.ws.path("sft_state")
+    check = (
+        AgreementCheck(
+            model,
+            tok,
+            held_out,
+            majority,
+            ctx.task,
+            max_new_tokens=spec.labels.max_new_tokens,
+            patience=spec.sft.patience,
+            callbacks=ctx.cb,
+        )
+        if held_out
+        else None
+    )
     summary = train_causal_lm(
         model,
         tok,
@@ -321,9 +352,22 @@ def _sft(ctx: _Context) -> dict[str, Any]:
         stage="sft",
         state_dir=state_dir,
         seed=spec.seed,
+        stop_when=check,
+        stop_check_every=spec.sft.check_every,
     )
+    if check is not None:
+        check(summary["steps"])  # the last step competes too
+        summary.update(check.keep_best())
+        ctx.cb.event(
+            "sft",
+            "info",
+            "best_checkpoint",
+            f"sft keeps step {summary['best_step']} of {summary['steps']}: its greedy answers agree with the "
+            f"teacher's majority on {summary['holdout_agreement']:.1%} of {len(held_out)} held-out questions",
+            {"best_step": summary["best_step"], "holdout_agreement": summary["holdout_agreement"]},
+        )
     out = save_hf(model, tok, ctx.ws.path("sft"))
-    ctx.cb.checkpoint("sft", "policy", summary["steps"], out)
+    ctx.cb.checkpoint("sft", "policy", summary.get("best_step") or summary["steps"], out)
     clear_state(state_dir)
     return summary
 

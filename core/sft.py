@@ -43,7 +43,9 @@ def train_causal_lm(
     ``state_dir`` (weights, optimiser, step and RNG saved every :data:`SAVE_EVERY` steps).
 
     ``stop_when(step)``, when given, is asked every ``stop_check_every`` steps (in eval mode, without grad) and
-    ends training early when it returns True; the LR schedule stays the one planned for all the steps.
+    ends training early when it returns True; the LR schedule stays the one planned for all the steps. When it
+    has ``state_dict``/``load_state_dict`` (as :class:`AgreementCheck` has), its state is saved and resumed with
+    the rest.
 
     Returns ``{"steps" (steps taken), "planned_steps", "stopped_early", "examples", "first_loss", "final_loss",
     "seconds"}``.
@@ -62,6 +64,8 @@ def train_causal_lm(
         opt.load_state_dict(state["optimizer"])
         step, first_loss, ema = state["step"], state["first_loss"], state["ema"]
         set_rng_state(state["rng"])
+        if state.get("stopper") is not None and hasattr(stop_when, "load_state_dict"):
+            stop_when.load_state_dict(state["stopper"])
         callbacks.event(stage, "info", "resumed", f"{stage} resumed at step {step}/{total}", {"step": step})
     model.train()
     start = time.monotonic()
@@ -108,6 +112,7 @@ def train_causal_lm(
                     "first_loss": first_loss,
                     "ema": ema,
                     "rng": rng_state(),
+                    "stopper": stop_when.state_dict() if hasattr(stop_when, "state_dict") else None,
                 },
             )
     model.eval()
@@ -143,3 +148,105 @@ def sft_examples(
         prompts.append(build_prompt(by_id[s.question_id]))
         completions.append(s.text)
     return prompts, completions
+
+
+class AgreementCheck:
+    """A label-free check for SFT: how often the student's greedy answer equals the teacher's majority answer on
+    questions held out of SFT (no gold). Used as ``stop_when`` of :func:`train_causal_lm`: it records every check,
+    keeps a copy of the weights that agree most, and asks to stop after ``patience`` checks in a row without a
+    higher agreement (``patience=0``: never). Call :meth:`keep_best` after training to load the best weights.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        items: Sequence[Item],
+        majority: dict[str, str],
+        task: Any,
+        *,
+        max_new_tokens: int,
+        patience: int = 0,
+        callbacks: Callbacks | None = None,
+        stage: str = "sft",
+    ) -> None:
+        if not items:
+            raise ValueError(f"{stage}: the agreement check needs at least one held-out question")
+        self.model, self.tokenizer, self.items, self.majority, self.task = (
+            model,
+            tokenizer,
+            items,
+            majority,
+            task,
+        )
+        self.max_new_tokens, self.patience, self.callbacks, self.stage = (
+            max_new_tokens,
+            patience,
+            callbacks,
+            stage,
+        )
+        self.checks: list[dict[str, float]] = []
+        self.best_step: int | None = None
+        self.best_agreement = -1.0
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def agreement(self) -> float:
+        """The share of held-out questions whose greedy answer equals the teacher's majority answer."""
+        from core.evaluation import evaluate_model
+
+        res = evaluate_model(
+            self.model,
+            self.tokenizer,
+            self.items,
+            self.task,
+            model_name=self.stage,
+            benchmark="holdout-agreement",
+            max_new_tokens=self.max_new_tokens,
+            batch_size=len(self.items),
+        )
+        agree = sum(
+            bool(self.task.is_correct(row["pred"], self.majority[it.id]))
+            for it, row in zip(self.items, res.items, strict=True)
+        )
+        return agree / len(self.items)
+
+    def __call__(self, step: int) -> bool:
+        if self.checks and self.checks[-1]["step"] == step:
+            return False  # already checked at this step
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            agree = self.agreement()
+        self.model.train(was_training)
+        self.checks.append({"step": step, "agreement": round(agree, 4)})
+        if self.callbacks is not None:
+            self.callbacks.metrics(self.stage, step, {"holdout_agreement": agree})
+        if agree > self.best_agreement:
+            self.best_step, self.best_agreement = step, agree
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        since_best = sum(1 for c in self.checks if c["step"] > (self.best_step or 0))
+        return self.patience > 0 and since_best >= self.patience
+
+    def keep_best(self) -> dict[str, Any]:
+        """Load the weights of the best check into the model; returns what was chosen."""
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+        return {
+            "checks": self.checks,
+            "best_step": self.best_step,
+            "holdout_agreement": round(self.best_agreement, 4) if self.best_step is not None else None,
+            "holdout_questions": len(self.items),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "checks": list(self.checks),
+            "best_step": self.best_step,
+            "best_agreement": self.best_agreement,
+            "best_weights": self.best_weights,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.checks = list(state["checks"])
+        self.best_step, self.best_agreement = state["best_step"], state["best_agreement"]
+        self.best_weights = state["best_weights"]

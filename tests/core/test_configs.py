@@ -97,6 +97,9 @@ def test_a_number_is_accepted_where_a_float_is_expected() -> None:
         ({"reward_model": {"kind": "implicit", "init": "student_base"}}, "reward_model.init"),
         ({"reward_model": {"kind": "implicit", "init": "sft", "beta": 0}}, "reward_model.beta"),
         ({"reward_model": {"kind": "pairwise"}}, "reward_model.kind"),
+        ({"sft": {"patience": 2}}, "sft.patience"),
+        ({"sft": {"check_every": 0}}, "sft.check_every"),
+        ({"sft": {"holdout_questions": -1}}, "sft.holdout_questions"),
     ],
 )
 def test_missing_or_impossible_values_name_the_field(patch: dict[str, Any], param: str) -> None:

@@ -243,3 +243,73 @@ def test_an_implicit_reward_model_scores_rl_against_the_sft_reference(
     # scored against the SFT reference, not itself: an identical pair would give exactly sigmoid(0) = 0.5
     assert summaries["rl"]["mean_reward"] != pytest.approx(0.5, abs=1e-6)
     assert json.loads((ws / "evaluation.json").read_text())["rl"]["n"] == TEST
+
+
+def test_sft_with_a_holdout_keeps_the_checkpoint_that_agrees_most_with_the_teacher_majority(
+    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData, tmp_path: Path
+) -> None:
+    """The label-free SFT check: held-out questions leave the SFT data, and the saved checkpoint is the checked
+    step whose greedy answers agree most with the teacher's majority (re-measured here on the saved weights)."""
+    from core.labeling import agreeing_teacher_samples, kept_questions, votes_by_question
+    from core.sft import AgreementCheck
+    from core.tasks import arithmetic
+
+    shutil.copytree(smoke_run["workdir"] / "stages", tmp_path / "stages")
+    shutil.copy(smoke_run["workdir"] / "teacher_samples.jsonl", tmp_path)
+    for stage in pipeline.STAGES[1:]:
+        (tmp_path / "stages" / f"{stage}.json").unlink()
+    raw = spec.to_dict()
+    raw["sft"] = {**raw["sft"], "epochs": 4, "holdout_questions": 16, "check_every": 2}
+    held_spec = JobSpec.from_dict(raw)
+    cb = Recorder()
+    summary = pipeline.run_pipeline(held_spec, data=data, workdir=tmp_path, callbacks=cb, stages=["sft"])[
+        "sft"
+    ]
+    steps = [c["step"] for c in summary["checks"]]
+    assert steps == [*range(2, summary["steps"] + 1, 2)] + (
+        [summary["steps"]] if summary["steps"] % 2 else []
+    )
+    best = max(summary["checks"], key=lambda c: c["agreement"])  # the first of equals wins
+    assert summary["best_step"] == best["step"] and summary["holdout_agreement"] == best["agreement"]
+    assert summary["holdout_questions"] == 16 and ("sft", "best_checkpoint") in cb.events
+    # the held-out questions' teacher answers are not in the SFT data
+    teacher = pipeline.Workspace(tmp_path).teacher_samples()
+    votes = kept_questions(votes_by_question(teacher), held_spec.labels.min_vote_share)
+    agreeing = agreeing_teacher_samples(teacher, held_spec.labels.min_vote_share)
+    chosen = random_holdout(held_spec, sorted(votes))
+    assert len(chosen) == 16
+    assert summary["examples"] == len(agreeing) - sum(1 for s in agreeing if s.question_id in chosen)
+    assert summary["examples"] < len(agreeing)
+    # the saved checkpoint is the best one: its agreement re-measured on the same questions is the recorded best
+    model, tok = load_causal_lm(tmp_path / "sft")
+    check = AgreementCheck(
+        model,
+        tok,
+        [it for it in data.train if it.id in chosen],
+        {q: str(votes[q].majority) for q in chosen},
+        arithmetic,
+        max_new_tokens=held_spec.labels.max_new_tokens,
+    )
+    assert check.agreement() == pytest.approx(best["agreement"], abs=1e-4)
+
+
+def random_holdout(spec: JobSpec, kept_ids: list[str]) -> set[str]:
+    """The held-out questions as the pipeline draws them (seeded by the job's seed)."""
+    import random
+
+    return set(random.Random(f"{spec.seed}-sft-holdout").sample(kept_ids, spec.sft.holdout_questions))
+
+
+def test_a_holdout_as_large_as_the_kept_questions_is_an_error_naming_the_field(
+    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData, tmp_path: Path
+) -> None:
+    shutil.copy(smoke_run["workdir"] / "teacher_samples.jsonl", tmp_path)
+    (tmp_path / "stages").mkdir()
+    shutil.copy(smoke_run["workdir"] / "stages" / "teacher_sampling.json", tmp_path / "stages")
+    raw = spec.to_dict()
+    raw["sft"] = {**raw["sft"], "holdout_questions": TRAIN}
+    with pytest.raises(ValueError, match="sft.holdout_questions"):
+        pipeline.run_pipeline(
+            JobSpec.from_dict(raw), data=data, workdir=tmp_path, callbacks=Recorder(), stages=["sft"]
+        )
+    assert not (tmp_path / "sft").exists()

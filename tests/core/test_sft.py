@@ -12,7 +12,7 @@ from core import sft
 from core.configs import SFTConfig
 from core.models import build_tiny
 from core.records import Cancelled, NullCallbacks, TeacherSample
-from core.sft import sft_examples, train_causal_lm
+from core.sft import AgreementCheck, sft_examples, train_causal_lm
 from core.tasks import Item, arithmetic
 from core.training import collate, encode_pairs
 
@@ -127,6 +127,122 @@ def test_stop_when_ends_training_early_in_eval_mode_at_a_checked_step() -> None:
         stop_check_every=5,
     )
     assert never["steps"] == 24 and not never["stopped_early"]
+
+
+class Scripted(AgreementCheck):
+    """An AgreementCheck whose agreements follow a script, to test what it does with them (the measurement
+    itself is tested against real greedy answers below); it also snapshots the weights at each check."""
+
+    def __init__(self, model: torch.nn.Module, tok: Any, script: list[float], patience: int) -> None:
+        super().__init__(model, tok, ITEMS[:2], {}, arithmetic, max_new_tokens=8, patience=patience)
+        self.script = list(script)
+        self.seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def agreement(self) -> float:
+        """The next scripted value."""
+        return self.script.pop(0)
+
+    def __call__(self, step: int) -> bool:
+        self.seen[step] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return super().__call__(step)
+
+
+def train_checked(check: Scripted) -> dict[str, Any]:
+    """Train ``check``'s model on the test pairs, checking every 4 steps."""
+    return train_causal_lm(
+        check.model,
+        check.tokenizer,
+        PROMPTS,
+        COMPLETIONS,
+        cfg=CFG,
+        callbacks=NullCallbacks(),
+        stop_when=check,
+        stop_check_every=4,
+    )
+
+
+def test_the_agreement_check_stops_after_patience_checks_without_a_gain_and_keeps_the_best_weights() -> None:
+    model, tok = build_tiny("micro", seed=0)
+    check = Scripted(model, tok, [0.1, 0.5, 0.5, 0.4, 0.3, 0.9], patience=3)
+    summary = train_checked(check)
+    # 0.5 at step 8 is not beaten at 12 (equal), 16 or 20 (lower): stop at 20, never reaching the 0.9
+    assert summary["steps"] == 16 + 4 and summary["stopped_early"]
+    assert [c["step"] for c in check.checks] == [4, 8, 12, 16, 20]
+    chosen = check.keep_best()
+    assert chosen["best_step"] == 8 and chosen["holdout_agreement"] == 0.5
+    assert all(torch.equal(v, check.seen[8][k]) for k, v in model.state_dict().items())
+    assert any(not torch.equal(v, check.seen[20][k]) for k, v in model.state_dict().items())
+
+
+def test_without_patience_the_agreement_check_never_stops_training() -> None:
+    model, tok = build_tiny("micro", seed=0)
+    check = Scripted(model, tok, [0.3, 0.2, 0.1, 0.1, 0.1], patience=0)
+    summary = train_checked(check)
+    assert summary["steps"] == 24 and not summary["stopped_early"]
+    assert check.keep_best()["best_step"] == 4
+
+
+def test_the_agreement_check_state_is_saved_and_resumed_with_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sft, "SAVE_EVERY", SAVE_EVERY)
+    model, tok = build_tiny("micro", seed=0)
+    first = Scripted(model, tok, [0.6, 0.2, 0.1], patience=0)
+    with pytest.raises(Cancelled):
+        train_causal_lm(
+            model,
+            tok,
+            PROMPTS,
+            COMPLETIONS,
+            cfg=CFG,
+            callbacks=StopAt(12),
+            state_dir=tmp_path,
+            stop_when=first,
+            stop_check_every=5,
+        )
+    resumed_model, tok = build_tiny("micro", seed=0)
+    again = Scripted(resumed_model, tok, [0.3, 0.2, 0.1], patience=0)
+    train_causal_lm(
+        resumed_model,
+        tok,
+        PROMPTS,
+        COMPLETIONS,
+        cfg=CFG,
+        callbacks=StopAt(),
+        state_dir=tmp_path,
+        stop_when=again,
+        stop_check_every=5,
+    )
+    # the checks at steps 5 and 10 came back with the state saved at step 10; 15 and 20 were made after resuming
+    assert [(c["step"], c["agreement"]) for c in again.checks] == [(5, 0.6), (10, 0.2), (15, 0.3), (20, 0.2)]
+    assert again.keep_best()["best_step"] == 5
+    assert all(torch.equal(v, first.seen[5][k]) for k, v in resumed_model.state_dict().items())
+
+
+def test_the_agreement_check_measures_greedy_answers_against_the_given_majority() -> None:
+    from core.evaluation import evaluate_model
+
+    model, tok = build_tiny("micro", seed=0)
+    items = ITEMS[:8]
+    preds = [
+        r["pred"]
+        for r in evaluate_model(
+            model, tok, items, arithmetic, model_name="m", benchmark="b", max_new_tokens=24, batch_size=8
+        ).items
+    ]
+    # the majority equals the model's own answer on the first three questions and differs on the rest
+    majority = {
+        it.id: (p if i < 3 and p is not None else f"{i}999")
+        for i, (it, p) in enumerate(zip(items, preds, strict=True))
+    }
+    expected = sum(1 for i, p in enumerate(preds) if i < 3 and p is not None) / 8
+    check = AgreementCheck(model, tok, items, majority, arithmetic, max_new_tokens=24)
+    assert check.agreement() == expected
+    model.train()
+    assert check(7) is False and check.checks == [{"step": 7, "agreement": round(expected, 4)}]
+    assert model.training  # the check puts the model back in the mode it found it in
+    with pytest.raises(ValueError, match="held-out question"):
+        AgreementCheck(model, tok, [], {}, arithmetic, max_new_tokens=8)
 
 
 def test_no_examples_is_an_error() -> None:
