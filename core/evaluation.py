@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -77,3 +78,37 @@ def evaluate_endpoint(
     """Score a model reached through ``greedy(prompts) -> texts`` (the teacher's endpoint)."""
     texts = greedy([task.build_prompt(it) for it in items])
     return score_texts(model_name, benchmark, task, items, texts)
+
+
+def paired_difference(
+    a_rows: Sequence[dict[str, Any]], b_rows: Sequence[dict[str, Any]], z: float = 1.959964
+) -> dict[str, Any]:
+    """Accuracy of A minus accuracy of B on the same items (per-item rows with ``id`` and ``correct``), in points.
+
+    The interval is the Wald interval for a difference of paired proportions: with ``a_only`` items only A got
+    right and ``b_only`` only B, ``d = (a_only - b_only) / n`` and ``se = sqrt(a_only + b_only - (a_only -
+    b_only)^2 / n) / n``. Pairing removes the items both got right or wrong, so it is far tighter than comparing
+    two separate intervals. ``verdict`` is ``above`` or ``below`` when the interval excludes 0, else
+    ``within noise``.
+    """
+    a = {str(r["id"]): bool(r["correct"]) for r in a_rows}
+    b = {str(r["id"]): bool(r["correct"]) for r in b_rows}
+    if set(a) != set(b):
+        raise ValueError("paired_difference: the two evaluations cover different items")
+    n = len(a)
+    if n == 0:
+        raise ValueError("paired_difference: no items")
+    a_only = sum(1 for k in a if a[k] and not b[k])
+    b_only = sum(1 for k in a if b[k] and not a[k])
+    d = (a_only - b_only) / n
+    se = math.sqrt(max(0.0, a_only + b_only - (a_only - b_only) ** 2 / n)) / n
+    lo, hi = d - z * se, d + z * se
+    verdict = "above" if lo > 0 else "below" if hi < 0 else "within noise"
+    return {
+        "points": round(100 * d, 2),
+        "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
+        "a_only": a_only,
+        "b_only": b_only,
+        "n": n,
+        "verdict": verdict,
+    }

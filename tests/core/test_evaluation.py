@@ -86,3 +86,50 @@ def test_evaluate_model_and_endpoint_score_one_greedy_answer_per_item() -> None:
     res = evaluate_endpoint(greedy, items, gsm8k, model_name="teacher", benchmark="arithmetic")
     assert seen == [[gsm8k.build_prompt(it) for it in items]]
     assert res.accuracy == pytest.approx(3 / 5)  # q0 (0), q1, q3
+
+
+def rows_with(
+    n: int, a_only: int, b_only: int, both: int
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Per-item rows of two models on ``n`` items: ``a_only`` right only for A, ``b_only`` only for B, ``both``
+    right for both, the rest wrong for both."""
+    a, b = [], []
+    for i in range(n):
+        a.append({"id": f"q{i}", "correct": i < a_only or a_only + b_only <= i < a_only + b_only + both})
+        b.append({"id": f"q{i}", "correct": a_only <= i < a_only + b_only + both})
+    return a, b
+
+
+@pytest.mark.parametrize(
+    ("n", "a_only", "b_only", "points", "ci95", "verdict"),
+    [
+        # (a_only - b_only)/n +- 1.96 sqrt(a_only + b_only - (a_only - b_only)^2/n)/n, worked by hand
+        (1000, 95, 99, -0.4, [-3.13, 2.33], "within noise"),
+        (1000, 98, 36, 6.2, [3.96, 8.44], "above"),
+        (100, 0, 10, -10.0, [-15.88, -4.12], "below"),
+        (50, 0, 0, 0.0, [0.0, 0.0], "within noise"),
+    ],
+)
+def test_paired_difference_matches_hand_computed_values(
+    n: int, a_only: int, b_only: int, points: float, ci95: list[float], verdict: str
+) -> None:
+    from core.evaluation import paired_difference
+
+    a, b = rows_with(n, a_only, b_only, both=n // 2)
+    d = paired_difference(a, b)
+    assert d["points"] == pytest.approx(points) and d["ci95"] == pytest.approx(ci95, abs=0.006)
+    assert (d["a_only"], d["b_only"], d["n"], d["verdict"]) == (a_only, b_only, n, verdict)
+    # the same difference from unpaired accuracies: the shared right answers cancel out
+    acc_a = sum(bool(r["correct"]) for r in a) / n
+    acc_b = sum(bool(r["correct"]) for r in b) / n
+    assert d["points"] == pytest.approx(100 * (acc_a - acc_b))
+
+
+def test_paired_difference_needs_the_same_items() -> None:
+    from core.evaluation import paired_difference
+
+    a, b = rows_with(10, 1, 1, 5)
+    with pytest.raises(ValueError, match="different items"):
+        paired_difference(a, b[:-1])
+    with pytest.raises(ValueError, match="no items"):
+        paired_difference([], [])
