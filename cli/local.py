@@ -130,8 +130,21 @@ def _eval_table(results: dict[str, dict[str, Any]]) -> str:
 @click.option("--retrain-teacher", is_flag=True, help="train the tiny teacher again even if one is cached")
 @click.option("--no-gold-control", is_flag=True, help="skip the RL run with gold reward (a control)")
 @click.option("--threads", type=int, default=0, help="torch threads for training (0 = all cores)")
+@click.option(
+    "--data-seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="which arithmetic problems the job trains and tests on; 0 is the reported demo, any other seed is a "
+    "fresh dev split for trying settings without touching the reported test problems",
+)
 def demo_cmd(
-    out_dir: Path, json_path: Path | None, retrain_teacher: bool, no_gold_control: bool, threads: int
+    out_dir: Path,
+    json_path: Path | None,
+    retrain_teacher: bool,
+    no_gold_control: bool,
+    threads: int,
+    data_seed: int,
 ) -> None:
     """Distil a tiny arithmetic teacher into a 4x smaller student on CPU, end to end, and compare them.
 
@@ -178,12 +191,9 @@ def demo_cmd(
     )
     try:
         click.echo(f"teacher server at {server.url}")
-        spec = JobSpec.from_dict(
-            {
-                **preset_spec("demo", teacher_base_url=server.url, teacher_model="tiny-teacher"),
-                "threads": threads,
-            }
-        )
+        raw = preset_spec("demo", teacher_base_url=server.url, teacher_model="tiny-teacher")
+        raw["data"]["seed"] = data_seed
+        spec = JobSpec.from_dict({**raw, "threads": threads})
         data = pipeline.load_data(spec.data)
         cb = FileCallbacks(job_dir)
         with cb:
@@ -219,6 +229,7 @@ def demo_cmd(
             "questions_total": labels["questions_total"],
         },
         "reward_model": {"accuracy": rm.get("accuracy"), "pairwise_accuracy": rm.get("pairwise_accuracy")},
+        "comparisons": _comparisons(job_dir / "eval_items"),
         "stages": stages,
         "seconds": round(time.monotonic() - t0, 1),
     }
@@ -228,6 +239,30 @@ def demo_cmd(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(summary, indent=2))
         click.echo(f"summary written to {json_path}")
+
+
+#: The demo's paired comparisons: (name, model A, model B), read as "A - B".
+COMPARISONS = [
+    ("rl_vs_sft", "rl", "sft"),
+    ("rl_vs_teacher", "rl", "teacher"),
+    ("rl_gold_vs_teacher", "rl_gold", "teacher"),
+]
+
+
+def _comparisons(items_dir: Path) -> dict[str, dict[str, Any]]:
+    """Paired differences (points, 95% CI, verdict) between the demo's models on the same test problems."""
+    from core.evaluation import paired_difference
+
+    def rows(name: str) -> list[dict[str, Any]] | None:
+        path = items_dir / f"{name}.jsonl"
+        return [json.loads(line) for line in path.open()] if path.exists() else None
+
+    out = {}
+    for key, a, b in COMPARISONS:
+        ra, rb = rows(a), rows(b)
+        if ra is not None and rb is not None:
+            out[key] = paired_difference(ra, rb)
+    return out
 
 
 def _acc(r: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -261,6 +296,21 @@ def demo_table(s: dict[str, Any]) -> str:
         f"  reward model (held-out questions): accuracy {_pct(rm['accuracy'])}, "
         f"pairwise {_pct(rm['pairwise_accuracy'])}",
         "",
+    ]
+    labels = {
+        "rl_vs_sft": "RL - SFT",
+        "rl_vs_teacher": "RL - teacher",
+        "rl_gold_vs_teacher": "RL gold - teacher",
+    }
+    if s.get("comparisons"):
+        rows.append("  paired differences on the same problems (points, 95% CI):")
+        for key, c in s["comparisons"].items():
+            lo, hi = c["ci95"]
+            rows.append(
+                f"    {labels.get(key, key):<20}{c['points']:+6.1f}  [{lo:+.1f}, {hi:+.1f}]  {c['verdict']}"
+            )
+        rows.append("")
+    rows += [
         "  seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in s["stages"].items()),
         f"  total: {s['seconds']:.0f}s",
     ]

@@ -26,7 +26,15 @@ _DEMO: dict[str, Any] = {
         "timeout_s": 120,
     },
     "student": {"preset": "tiny-student"},
-    "sft": {"epochs": 8, "lr": 1e-2, "warmup_steps": 60, "batch_size": 64, "max_length": 128},
+    "sft": {
+        "epochs": 8,
+        "lr": 1e-2,
+        "warmup_steps": 60,
+        "batch_size": 64,
+        "max_length": 128,
+        "holdout_questions": 200,
+        "check_every": 50,
+    },
     "labels": {"student_samples": 4, "min_vote_share": 0.5, "max_new_tokens": 56},
     "reward_model": {
         "kind": "implicit",

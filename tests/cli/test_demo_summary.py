@@ -1,0 +1,59 @@
+"""The demo's summary: paired comparisons read from the per-item evaluation rows, and the table that prints them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cli.local import _comparisons, demo_table
+from cli.main import cli
+
+
+def write_rows(items_dir: Path, name: str, correct: list[bool]) -> None:
+    items_dir.mkdir(exist_ok=True)
+    with (items_dir / f"{name}.jsonl").open("w") as f:
+        for i, ok in enumerate(correct):
+            f.write(json.dumps({"id": f"q{i}", "correct": ok, "pred": "1", "gold": "1"}) + "\n")
+
+
+def test_comparisons_pair_the_models_item_by_item_and_skip_a_missing_model(tmp_path: Path) -> None:
+    # 100 problems: the teacher gets the first 80 right, the SFT student the first 60, the RL student 5-84
+    write_rows(tmp_path, "teacher", [i < 80 for i in range(100)])
+    write_rows(tmp_path, "sft", [i < 60 for i in range(100)])
+    write_rows(tmp_path, "rl", [5 <= i < 85 for i in range(100)])
+    comps = _comparisons(tmp_path)
+    assert set(comps) == {"rl_vs_sft", "rl_vs_teacher"}  # no rl_gold rows: no gold comparison
+    assert (comps["rl_vs_sft"]["a_only"], comps["rl_vs_sft"]["b_only"]) == (25, 5)
+    assert comps["rl_vs_sft"]["points"] == 20.0 and comps["rl_vs_sft"]["verdict"] == "above"
+    assert (comps["rl_vs_teacher"]["a_only"], comps["rl_vs_teacher"]["b_only"]) == (5, 5)
+    assert comps["rl_vs_teacher"]["points"] == 0.0 and comps["rl_vs_teacher"]["verdict"] == "within noise"
+    summary = {
+        "test_size": 100,
+        "teacher": {"accuracy": 0.8, "ci95": [0.71, 0.87]},
+        "sft": {"accuracy": 0.6, "ci95": [0.5, 0.69]},
+        "rl": {"accuracy": 0.8, "ci95": [0.71, 0.87]},
+        "rl_gold": None,
+        "pseudo_labels": {
+            "count": 10,
+            "accuracy_vs_gold": 0.9,
+            "majority_accuracy_vs_gold": 0.8,
+            "questions_kept": 9,
+            "questions_total": 10,
+        },
+        "reward_model": {"accuracy": 0.7, "pairwise_accuracy": 0.75},
+        "comparisons": comps,
+        "stages": {"sft": 1.0},
+        "seconds": 2.0,
+    }
+    table = demo_table(summary)
+    assert "RL - SFT             +20.0  [" in table and "above" in table
+    assert "RL - teacher          +0.0  [" in table and "within noise" in table
+    assert "gold reward" not in table and "RL gold" not in table
+
+
+def test_a_negative_data_seed_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--data-seed", "-1"])
+    assert res.exit_code == 2 and "--data-seed" in res.output
+    assert not (tmp_path / "demo").exists()
