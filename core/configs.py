@@ -150,7 +150,7 @@ class SFTConfig:
     holdout_questions: int = _help(
         "kept questions held out of SFT for a label-free check: the student's greedy answers are compared with "
         "the teacher's majority answers (no gold) every check_every steps and the checkpoint that agrees most "
-        "is kept (0 = no check; the last step is kept)",
+        "is kept, the earlier one on a tie (0 = no check; the last step is kept)",
         default=0,
     )
     check_every: int = _help("steps between those checks", default=100)

@@ -88,11 +88,14 @@ def paired_difference(
     The interval is the Wald interval for a difference of paired proportions: with ``a_only`` items only A got
     right and ``b_only`` only B, ``d = (a_only - b_only) / n`` and ``se = sqrt(a_only + b_only - (a_only -
     b_only)^2 / n) / n``. Pairing removes the items both got right or wrong, so it is far tighter than comparing
-    two separate intervals. ``verdict`` is ``above`` or ``below`` when the interval excludes 0, else
-    ``within noise``.
+    two separate intervals. ``p_value`` is the exact McNemar test (two-sided binomial on the ``a_only + b_only``
+    discordant items), which stays honest when few items differ. ``verdict`` is ``above`` or ``below`` when the
+    interval excludes 0 and ``p_value < 0.05``, else ``within noise``.
     """
     a = {str(r["id"]): bool(r["correct"]) for r in a_rows}
     b = {str(r["id"]): bool(r["correct"]) for r in b_rows}
+    if len(a) != len(a_rows) or len(b) != len(b_rows):
+        raise ValueError("paired_difference: an evaluation lists an item twice")
     if set(a) != set(b):
         raise ValueError("paired_difference: the two evaluations cover different items")
     n = len(a)
@@ -103,12 +106,24 @@ def paired_difference(
     d = (a_only - b_only) / n
     se = math.sqrt(max(0.0, a_only + b_only - (a_only - b_only) ** 2 / n)) / n
     lo, hi = d - z * se, d + z * se
-    verdict = "above" if lo > 0 else "below" if hi < 0 else "within noise"
+    p = mcnemar_exact(a_only, b_only)
+    verdict = "within noise" if p >= 0.05 else "above" if lo > 0 else "below" if hi < 0 else "within noise"
     return {
         "points": round(100 * d, 2),
         "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
+        "p_value": p,
         "a_only": a_only,
         "b_only": b_only,
         "n": n,
         "verdict": verdict,
     }
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value: the chance of a split at least this uneven of ``a_only + b_only``
+    discordant items if each were equally likely to go either way (1.0 when there are none)."""
+    m, k = a_only + b_only, min(a_only, b_only)
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2**m
+    return min(1.0, 2 * tail)

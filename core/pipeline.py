@@ -336,6 +336,7 @@ def _sft(ctx: _Context) -> dict[str, Any]:
             majority,
             ctx.task,
             max_new_tokens=spec.labels.max_new_tokens,
+            batch_size=spec.evaluation.batch_size,
             patience=spec.sft.patience,
             callbacks=ctx.cb,
         )

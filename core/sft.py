@@ -153,8 +153,9 @@ def sft_examples(
 class AgreementCheck:
     """A label-free check for SFT: how often the student's greedy answer equals the teacher's majority answer on
     questions held out of SFT (no gold). Used as ``stop_when`` of :func:`train_causal_lm`: it records every check,
-    keeps a copy of the weights that agree most, and asks to stop after ``patience`` checks in a row without a
-    higher agreement (``patience=0``: never). Call :meth:`keep_best` after training to load the best weights.
+    keeps a copy of the weights that agree most (on a tie, the earlier check's), and asks to stop after
+    ``patience`` checks in a row without a higher agreement (``patience=0``: never). Call :meth:`keep_best` after
+    training to load the best weights.
     """
 
     def __init__(
@@ -166,25 +167,17 @@ class AgreementCheck:
         task: Any,
         *,
         max_new_tokens: int,
+        batch_size: int = 64,
         patience: int = 0,
         callbacks: Callbacks | None = None,
         stage: str = "sft",
     ) -> None:
         if not items:
             raise ValueError(f"{stage}: the agreement check needs at least one held-out question")
-        self.model, self.tokenizer, self.items, self.majority, self.task = (
-            model,
-            tokenizer,
-            items,
-            majority,
-            task,
-        )
-        self.max_new_tokens, self.patience, self.callbacks, self.stage = (
-            max_new_tokens,
-            patience,
-            callbacks,
-            stage,
-        )
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.items, self.majority = items, majority
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.patience, self.callbacks, self.stage = patience, callbacks, stage
         self.checks: list[dict[str, float]] = []
         self.best_step: int | None = None
         self.best_agreement = -1.0
@@ -202,7 +195,7 @@ class AgreementCheck:
             model_name=self.stage,
             benchmark="holdout-agreement",
             max_new_tokens=self.max_new_tokens,
-            batch_size=len(self.items),
+            batch_size=self.batch_size,
         )
         agree = sum(
             bool(self.task.is_correct(row["pred"], self.majority[it.id]))
@@ -223,7 +216,10 @@ class AgreementCheck:
             self.callbacks.metrics(self.stage, step, {"holdout_agreement": agree})
         if agree > self.best_agreement:
             self.best_step, self.best_agreement = step, agree
-            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            # on the CPU: a copy on the accelerator would cost as much memory as the model itself
+            self.best_weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
         since_best = sum(1 for c in self.checks if c["step"] > (self.best_step or 0))
         return self.patience > 0 and since_best >= self.patience
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cli.local import _comparisons, demo_table
@@ -51,9 +52,13 @@ def test_comparisons_pair_the_models_item_by_item_and_skip_a_missing_model(tmp_p
     assert "RL - SFT             +20.0  [" in table and "above" in table
     assert "RL - teacher          +0.0  [" in table and "within noise" in table
     assert "gold reward" not in table and "RL gold" not in table
+    assert table.startswith("twofold demo: arithmetic, 100 held-out problems, greedy")
+    dev = demo_table({**summary, "data_seed": 7})
+    assert dev.startswith("twofold demo: arithmetic, 100 held-out problems (dev split, data seed 7), greedy")
 
 
-def test_a_negative_data_seed_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--data-seed", "-1"])
-    assert res.exit_code == 2 and "--data-seed" in res.output
+@pytest.mark.parametrize("seed", ["-1", "1000"])  # 1000: the teacher's own training and validation problems
+def test_a_data_seed_outside_the_dev_range_is_refused_before_anything_runs(tmp_path: Path, seed: str) -> None:
+    res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--data-seed", seed])
+    assert res.exit_code == 2 and "--data-seed" in res.output and "0<=x<=999" in res.output
     assert not (tmp_path / "demo").exists()

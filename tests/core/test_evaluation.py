@@ -108,6 +108,8 @@ def rows_with(
         (1000, 98, 36, 6.2, [3.96, 8.44], "above"),
         (100, 0, 10, -10.0, [-15.88, -4.12], "below"),
         (50, 0, 0, 0.0, [0.0, 0.0], "within noise"),
+        # Wald alone would say "above" ([+0.01, +0.79]); exact McNemar: 2 * 0.5^4 = 0.125
+        (1000, 4, 0, 0.4, [0.01, 0.79], "within noise"),
     ],
 )
 def test_paired_difference_matches_hand_computed_values(
@@ -133,3 +135,22 @@ def test_paired_difference_needs_the_same_items() -> None:
         paired_difference(a, b[:-1])
     with pytest.raises(ValueError, match="no items"):
         paired_difference([], [])
+    with pytest.raises(ValueError, match="twice"):
+        paired_difference([*a, a[0]], [*b, b[0]])
+
+
+@pytest.mark.parametrize(
+    ("a_only", "b_only", "p"),
+    [
+        (0, 0, 1.0),
+        (4, 0, 0.125),  # 2 * (1/2)^4
+        (1, 1, 1.0),
+        (0, 10, 2 / 1024),
+        (8, 2, 2 * (1 + 10 + 45) / 1024),  # 2 * P(X <= 2), X ~ Binomial(10, 1/2) = 0.109375
+    ],
+)
+def test_exact_mcnemar_matches_hand_computed_binomial_tails(a_only: int, b_only: int, p: float) -> None:
+    from core.evaluation import mcnemar_exact
+
+    assert mcnemar_exact(a_only, b_only) == pytest.approx(p)
+    assert mcnemar_exact(b_only, a_only) == pytest.approx(p)  # two-sided: symmetric
