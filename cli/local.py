@@ -246,11 +246,11 @@ def demo_cmd(
         click.echo(f"summary written to {json_path}")
 
 
-#: The demo's paired comparisons: (name, model A, model B), read as "A - B".
+#: The demo's paired comparisons: (key, model A, model B, label), read as "A - B".
 COMPARISONS = [
-    ("rl_vs_sft", "rl", "sft"),
-    ("rl_vs_teacher", "rl", "teacher"),
-    ("rl_gold_vs_teacher", "rl_gold", "teacher"),
+    ("rl_vs_sft", "rl", "sft", "RL - SFT"),
+    ("rl_vs_teacher", "rl", "teacher", "RL - teacher"),
+    ("rl_gold_vs_teacher", "rl_gold", "teacher", "RL gold - teacher"),
 ]
 
 
@@ -263,7 +263,7 @@ def _comparisons(items_dir: Path) -> dict[str, dict[str, Any]]:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else None
 
     out = {}
-    for key, a, b in COMPARISONS:
+    for key, a, b, _ in COMPARISONS:
         ra, rb = rows(a), rows(b)
         if ra is not None and rb is not None:
             out[key] = paired_difference(ra, rb)
@@ -304,11 +304,7 @@ def demo_table(s: dict[str, Any]) -> str:
         f"pairwise {_pct(rm['pairwise_accuracy'])}",
         "",
     ]
-    labels = {
-        "rl_vs_sft": "RL - SFT",
-        "rl_vs_teacher": "RL - teacher",
-        "rl_gold_vs_teacher": "RL gold - teacher",
-    }
+    labels = {key: label for key, _, _, label in COMPARISONS}
     if s.get("comparisons"):
         rows.append("  paired differences on the same problems (points, 95% CI):")
         for key, c in s["comparisons"].items():

@@ -107,7 +107,9 @@ def paired_difference(
     se = math.sqrt(max(0.0, a_only + b_only - (a_only - b_only) ** 2 / n)) / n
     lo, hi = d - z * se, d + z * se
     p = mcnemar_exact(a_only, b_only)
-    verdict = "within noise" if p >= 0.05 else "above" if lo > 0 else "below" if hi < 0 else "within noise"
+    verdict = "within noise"
+    if p < 0.05 and (lo > 0 or hi < 0):
+        verdict = "above" if lo > 0 else "below"
     return {
         "points": round(100 * d, 2),
         "ci95": [round(100 * lo, 2), round(100 * hi, 2)],

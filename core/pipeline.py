@@ -23,7 +23,6 @@ import copy
 import dataclasses
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -291,26 +290,18 @@ def _teacher_sampling(ctx: _Context) -> dict[str, Any]:
 
 
 def _sft(ctx: _Context) -> dict[str, Any]:
-    from core.labeling import kept_questions, votes_by_question
     from core.models import model_from_config, save_hf
-    from core.sft import AgreementCheck, sft_examples, train_causal_lm
+    from core.sft import AgreementCheck, holdout_majority, sft_examples, train_causal_lm
     from core.training import clear_state
 
     spec = ctx.spec
     samples = ctx.teacher_samples()
-    held_out: list[Item] = []
     majority: dict[str, str] = {}
     if spec.sft.holdout_questions:
-        votes = kept_questions(votes_by_question(samples), spec.labels.min_vote_share)
-        kept_ids = sorted(votes)
-        if spec.sft.holdout_questions >= len(kept_ids):
-            raise ValueError(
-                f"sft.holdout_questions: {spec.sft.holdout_questions} held-out questions leave nothing to train "
-                f"on ({len(kept_ids)} questions have a teacher majority); lower it"
-            )
-        chosen = set(random.Random(f"{spec.seed}-sft-holdout").sample(kept_ids, spec.sft.holdout_questions))
-        held_out = [it for it in ctx.data.train if it.id in chosen]
-        majority = {q: str(votes[q].majority) for q in chosen}
+        majority = holdout_majority(
+            samples, spec.sft.holdout_questions, min_vote_share=spec.labels.min_vote_share, seed=spec.seed
+        )
+    held_out = [it for it in ctx.data.train if it.id in majority]
     train_items = [it for it in ctx.data.train if it.id not in majority]
     prompts, completions = sft_examples(
         train_items,

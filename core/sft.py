@@ -6,6 +6,7 @@ tiny teacher on gold worked solutions (:func:`train_causal_lm`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -17,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.configs import SFTConfig
-from core.labeling import agreeing_teacher_samples
+from core.labeling import agreeing_teacher_samples, kept_questions, votes_by_question
 from core.records import Callbacks, Cancelled, TeacherSample
 from core.tasks import Item
 from core.training import collate, cosine_lr, encode_pairs, load_state, rng_state, save_state, set_rng_state
@@ -150,6 +151,20 @@ def sft_examples(
     return prompts, completions
 
 
+def holdout_majority(
+    samples: Sequence[TeacherSample], n: int, *, min_vote_share: float, seed: int
+) -> dict[str, str]:
+    """``n`` kept questions drawn (seeded) to stay out of SFT, mapped to the teacher's majority answer."""
+    votes = kept_questions(votes_by_question(samples), min_vote_share)
+    if n >= len(votes):
+        raise ValueError(
+            f"sft.holdout_questions: {n} held-out questions leave nothing to train on ({len(votes)} questions "
+            "have a teacher majority); lower it"
+        )
+    chosen = random.Random(f"{seed}-sft-holdout").sample(sorted(votes), n)
+    return {q: str(votes[q].majority) for q in chosen}
+
+
 class AgreementCheck:
     """A label-free check for SFT: how often the student's greedy answer equals the teacher's majority answer on
     questions held out of SFT (no gold). Used as ``stop_when`` of :func:`train_causal_lm`: it records every check,
@@ -187,21 +202,18 @@ class AgreementCheck:
         """The share of held-out questions whose greedy answer equals the teacher's majority answer."""
         from core.evaluation import evaluate_model
 
-        res = evaluate_model(
+        # scored as accuracy against the teacher's majority in place of a gold answer
+        as_graded = [dataclasses.replace(it, answer=self.majority[it.id]) for it in self.items]
+        return evaluate_model(
             self.model,
             self.tokenizer,
-            self.items,
+            as_graded,
             self.task,
             model_name=self.stage,
             benchmark="holdout-agreement",
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
-        )
-        agree = sum(
-            bool(self.task.is_correct(row["pred"], self.majority[it.id]))
-            for it, row in zip(self.items, res.items, strict=True)
-        )
-        return agree / len(self.items)
+        ).accuracy
 
     def __call__(self, step: int) -> bool:
         if self.checks and self.checks[-1]["step"] == step:
