@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
 import sys
 import time
@@ -187,6 +189,7 @@ def demo_cmd(
     else:
         click.echo(f"reusing the tiny teacher in {teacher_dir} (--retrain-teacher to train it again)")
         stages["teacher_training"] = 0.0
+    teacher_meta = json.loads((teacher_dir / "twofold_teacher.json").read_text())
     suffix = f"-seed{data_seed}" if data_seed else ""  # a dev split never overwrites the reported demo
     job_dir = out_dir / f"job{suffix}"
     shutil.rmtree(job_dir, ignore_errors=True)
@@ -237,6 +240,11 @@ def demo_cmd(
         "comparisons": _comparisons(job_dir / "eval_items"),
         "stages": stages,
         "seconds": round(time.monotonic() - t0, 1),
+        "teacher_training": {
+            "steps": teacher_meta["steps"],
+            "validation_accuracy": teacher_meta["checks"][-1]["accuracy"] if teacher_meta["checks"] else None,
+        },
+        "machine": machine(),
     }
     click.echo(demo_table(summary))
     (out_dir / f"summary{suffix}.json").write_text(json.dumps(summary, indent=2))
@@ -244,6 +252,26 @@ def demo_cmd(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(summary, indent=2))
         click.echo(f"summary written to {json_path}")
+
+
+def machine() -> dict[str, Any]:
+    """What the demo ran on. Its numbers depend on the CPU: the tiny models learn through a sharp transition whose
+    step moves with float rounding, which differs between instruction sets (docs/results.md)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 #: The demo's paired comparisons: (key, model A, model B, label), read as "A - B".
@@ -317,4 +345,16 @@ def demo_table(s: dict[str, Any]) -> str:
         "  seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in s["stages"].items()),
         f"  total: {s['seconds']:.0f}s",
     ]
+    t, m = s.get("teacher_training"), s.get("machine")
+    if t:
+        reached = (
+            f" to {_pct(t['validation_accuracy']).strip()} validation accuracy"
+            if t["validation_accuracy"] is not None
+            else ""
+        )
+        rows.append(f"  teacher: {t['steps']} training steps{reached}")
+    if m:
+        rows.append(
+            f"  machine: {m['cpu']}, {m['cores']} cores, {m['isa']}, torch {m['torch']} ({m['threads']} threads)"
+        )
     return "\n".join(rows)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
-from cli.local import _comparisons, demo_table
+from cli.local import _comparisons, demo_table, machine
 from cli.main import cli
 
 
@@ -55,6 +57,25 @@ def test_comparisons_pair_the_models_item_by_item_and_skip_a_missing_model(tmp_p
     assert table.startswith("twofold demo: arithmetic, 100 held-out problems, greedy")
     dev = demo_table({**summary, "data_seed": 7})
     assert dev.startswith("twofold demo: arithmetic, 100 held-out problems (dev split, data seed 7), greedy")
+    assert "machine:" not in table and "training steps" not in table  # a summary from before these fields
+    full = demo_table(
+        {
+            **summary,
+            "teacher_training": {"steps": 625, "validation_accuracy": 0.75},
+            "machine": {"cpu": "AMD EPYC", "cores": 2, "isa": "AVX512", "torch": "2.13.0", "threads": 2},
+        }
+    )
+    assert full.endswith(
+        "  teacher: 625 training steps to 75.0% validation accuracy\n"
+        "  machine: AMD EPYC, 2 cores, AVX512, torch 2.13.0 (2 threads)"
+    )
+
+
+def test_machine_names_the_cpu_and_the_instruction_set_torch_uses() -> None:
+    m = machine()
+    assert m["cores"] == os.cpu_count() and m["threads"] == torch.get_num_threads()
+    assert m["isa"] in {"DEFAULT", "AVX2", "AVX512", "ZVECTOR", "SVE256", "SVE128", "NO AVX"} and m["cpu"]
+    assert m["torch"] == torch.__version__
 
 
 @pytest.mark.parametrize("seed", ["-1", "1000"])  # 1000: the teacher's own training and validation problems
