@@ -12,7 +12,7 @@ from typing import Any
 PRESET_DESCRIPTIONS: dict[str, str] = {
     "smoke": "tiny models on 64 arithmetic questions; every stage runs for a few steps (about a minute on CPU)",
     "demo": "the `make demo` setup: tiny student distilled from the tiny arithmetic teacher, PPO on an implicit "
-    "reward model, 1,000 held-out problems (12-15 minutes on 2 CPU cores)",
+    "reward model, 1,000 held-out problems (9-19 minutes on 2 CPU cores, depending on the CPU)",
 }
 
 _DEMO: dict[str, Any] = {
