@@ -172,7 +172,8 @@ def demo_cmd(
     t0 = time.monotonic()
     stages: dict[str, float] = {}
     teacher_dir = out_dir / "teacher"
-    if retrain_teacher or not is_current(teacher_dir):
+    trained = retrain_teacher or not is_current(teacher_dir)
+    if trained:
         if not retrain_teacher and (teacher_dir / "twofold_teacher.json").exists():
             click.echo(f"the teacher cached in {teacher_dir} was trained with an older recipe")
         shutil.rmtree(teacher_dir, ignore_errors=True)
@@ -181,15 +182,20 @@ def demo_cmd(
         with FileCallbacks(out_dir) as teacher_cb:  # a progress bar for the teacher too, closed afterwards
             meta = train_tiny_teacher(teacher_dir, callbacks=teacher_cb)
         stages["teacher_training"] = round(time.monotonic() - t, 1)
-        last = meta["checks"][-1]["accuracy"] if meta["checks"] else None
+    else:
+        click.echo(f"reusing the tiny teacher in {teacher_dir} (--retrain-teacher to train it again)")
+        stages["teacher_training"] = 0.0
+        meta = json.loads((teacher_dir / "twofold_teacher.json").read_text())
+    teacher_training = {
+        "steps": meta["steps"],
+        "validation_accuracy": meta["checks"][-1]["accuracy"] if meta["checks"] else None,
+    }
+    if trained:
+        last = teacher_training["validation_accuracy"]
         reached = f", validation accuracy {last:.1%}" if last is not None else ""
         click.echo(
             f"  teacher: {meta['parameters']:,} parameters, {meta['steps']} steps{reached}, {meta['seconds']:.0f}s"
         )
-    else:
-        click.echo(f"reusing the tiny teacher in {teacher_dir} (--retrain-teacher to train it again)")
-        stages["teacher_training"] = 0.0
-    teacher_meta = json.loads((teacher_dir / "twofold_teacher.json").read_text())
     suffix = f"-seed{data_seed}" if data_seed else ""  # a dev split never overwrites the reported demo
     job_dir = out_dir / f"job{suffix}"
     shutil.rmtree(job_dir, ignore_errors=True)
@@ -240,10 +246,7 @@ def demo_cmd(
         "comparisons": _comparisons(job_dir / "eval_items"),
         "stages": stages,
         "seconds": round(time.monotonic() - t0, 1),
-        "teacher_training": {
-            "steps": teacher_meta["steps"],
-            "validation_accuracy": teacher_meta["checks"][-1]["accuracy"] if teacher_meta["checks"] else None,
-        },
+        "teacher_training": teacher_training,
         "machine": machine(),
     }
     click.echo(demo_table(summary))
