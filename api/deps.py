@@ -12,12 +12,12 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import Forbidden, RateLimited, Unauthenticated
-from api.ratelimit import RateLimiter
-from store.artifacts import ArtifactStore
-from store.dispatch import Dispatcher
-from store.keys import find_key
-from store.settings import Settings
+from twofold.api.errors import Forbidden, RateLimited, Unauthenticated
+from twofold.api.ratelimit import RateLimiter
+from twofold.store.artifacts import ArtifactStore
+from twofold.store.dispatch import Dispatcher
+from twofold.store.keys import find_key
+from twofold.store.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

@@ -13,9 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.configs import ConfigError
-from store.artifacts import ArtifactPathError
-from store.jobs import TransitionError
+from twofold.core.configs import ConfigError
+from twofold.store.artifacts import ArtifactPathError
+from twofold.store.jobs import TransitionError
 
 log = logging.getLogger(__name__)
 

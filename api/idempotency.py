@@ -16,9 +16,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import IdempotencyRequest, Principal
-from api.errors import Conflict
-from store.models import IdempotencyKey, utcnow
+from twofold.api.deps import IdempotencyRequest, Principal
+from twofold.api.errors import Conflict
+from twofold.store.models import IdempotencyKey, utcnow
 
 KEY_TTL = timedelta(hours=24)
 

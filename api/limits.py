@@ -8,7 +8,7 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_response
+from twofold.api.errors import error_response
 
 
 class BodyTooLarge(HTTPException):

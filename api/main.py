@@ -12,22 +12,22 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import Scope
 
-from api.datasets.router import router as datasets_router
-from api.deps import current_principal
-from api.errors import install_error_handlers
-from api.events.router import router as events_router
-from api.jobs.router import router as jobs_router
-from api.limits import BodyLimitMiddleware
-from api.presets.router import router as presets_router
-from api.ratelimit import RateLimiter
-from api.results.router import router as results_router
-from api.schemas import error_responses
-from api.system.router import router as system_router
-from api.system.service import JobsCollector, PrometheusMiddleware
-from store.artifacts import ArtifactStore
-from store.db import make_engine, make_session_factory
-from store.dispatch import CeleryDispatcher, Dispatcher, NullDispatcher
-from store.settings import Settings
+from twofold.api.datasets.router import router as datasets_router
+from twofold.api.deps import current_principal
+from twofold.api.errors import install_error_handlers
+from twofold.api.events.router import router as events_router
+from twofold.api.jobs.router import router as jobs_router
+from twofold.api.limits import BodyLimitMiddleware
+from twofold.api.presets.router import router as presets_router
+from twofold.api.ratelimit import RateLimiter
+from twofold.api.results.router import router as results_router
+from twofold.api.schemas import error_responses
+from twofold.api.system.router import router as system_router
+from twofold.api.system.service import JobsCollector, PrometheusMiddleware
+from twofold.store.artifacts import ArtifactStore
+from twofold.store.db import make_engine, make_session_factory
+from twofold.store.dispatch import CeleryDispatcher, Dispatcher, NullDispatcher
+from twofold.store.settings import Settings
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an uploaded file
 
@@ -104,9 +104,9 @@ def create_app(
 def _include_dashboard(app: FastAPI) -> None:
     """Mount ``api.dashboard.router`` (built separately) when it exists."""
     try:
-        module = importlib.import_module("api.dashboard.router")
+        module = importlib.import_module("twofold.api.dashboard.router")
     except ModuleNotFoundError as exc:
-        if exc.name in ("api.dashboard", "api.dashboard.router"):
+        if exc.name in ("twofold.api.dashboard", "twofold.api.dashboard.router"):
             return
         raise
     app.include_router(module.router)

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from api.deps import Page
-from api.errors import InvalidRequest
+from twofold.api.deps import Page
+from twofold.api.errors import InvalidRequest
 
 T = TypeVar("T")
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from core.configs import RLConfig, SFTConfig, TeacherConfig
-from core.models import build_tiny, generate, save_hf
-from core.records import NullCallbacks
-from core.rl.grpo import train_grpo
-from core.rl.ppo import train_ppo
-from core.sft import train_causal_lm
-from core.tasks import arithmetic
-from core.teacher import sample_sync
+from twofold.core.configs import RLConfig, SFTConfig, TeacherConfig
+from twofold.core.models import build_tiny, generate, save_hf
+from twofold.core.records import NullCallbacks
+from twofold.core.rl.grpo import train_grpo
+from twofold.core.rl.ppo import train_ppo
+from twofold.core.sft import train_causal_lm
+from twofold.core.tasks import arithmetic
+from twofold.core.teacher import sample_sync
 
 GOALS = {"generate_tokens_per_s": 1500, "sft_step_s": 0.5, "ppo_step_s": 1.5, "server_samples_per_s": 50}
 
@@ -88,7 +88,7 @@ def bench_rl(items: list[Any]) -> dict[str, float]:
 
 def bench_server(items: list[Any]) -> dict[str, float]:
     """Teacher samples per second through the built-in server over HTTP (tiny-teacher, 40 tokens)."""
-    from teacher_server.process import start
+    from twofold.teacher_server.process import start
 
     model, tok = build_tiny("tiny-teacher")
     with tempfile.TemporaryDirectory() as d:

@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+
 from twofold_client import APIStatusError, Checkpoint, Client, Event, Job, TwofoldError
 from twofold_client.types import STAGES
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import click
 
-from cli.progress import FileCallbacks
+from twofold.cli.progress import FileCallbacks
 
 
 def _load_spec(path: Path) -> Any:
     import yaml
 
-    from core.configs import ConfigError, JobSpec
+    from twofold.core.configs import ConfigError, JobSpec
 
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -34,7 +34,7 @@ def _load_spec(path: Path) -> Any:
 def preflight(spec: Any) -> None:
     """Checks that need the filesystem or the network, run before anything is written: model and data paths
     exist and the teacher answers. Raises ClickException naming the field."""
-    from core.teacher import TeacherError, check_sync
+    from twofold.core.teacher import TeacherError, check_sync
 
     if spec.student.path and not Path(spec.student.path, "config.json").exists():
         raise click.ClickException(
@@ -70,7 +70,7 @@ def run_cmd(job_file: Path, out_dir: Path | None, stages: tuple[str, ...]) -> No
     the output directory are skipped, so a rerun resumes an interrupted job. An invalid spec, a missing model or
     data path, or an unreachable teacher fails before anything is written.
     """
-    from core.pipeline import STAGES, load_data, run_pipeline
+    from twofold.core.pipeline import STAGES, load_data, run_pipeline
 
     spec = _load_spec(job_file)
     bad = [s for s in stages if s not in STAGES]
@@ -161,11 +161,11 @@ def demo_cmd(
     """
     import torch
 
-    from core import pipeline
-    from core.configs import JobSpec
-    from core.presets import preset_spec
-    from core.tiny_teacher import is_current, train_tiny_teacher
-    from teacher_server.process import start as start_teacher
+    from twofold.core import pipeline
+    from twofold.core.configs import JobSpec
+    from twofold.core.presets import preset_spec
+    from twofold.core.tiny_teacher import is_current, train_tiny_teacher
+    from twofold.teacher_server.process import start as start_teacher
 
     if threads:
         torch.set_num_threads(threads)
@@ -287,7 +287,7 @@ COMPARISONS = [
 
 def _comparisons(items_dir: Path) -> dict[str, dict[str, Any]]:
     """Paired differences (points, 95% CI, verdict) between the demo's models on the same test problems."""
-    from core.evaluation import paired_difference
+    from twofold.core.evaluation import paired_difference
 
     def rows(name: str) -> list[dict[str, Any]] | None:
         path = items_dir / f"{name}.jsonl"

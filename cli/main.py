@@ -9,16 +9,16 @@ import click
 
 # command name -> "module:attribute" of a click command or group
 _COMMANDS = {
-    "run": "cli.local:run_cmd",
-    "demo": "cli.local:demo_cmd",
-    "teacher": "cli.teacher:teacher",
-    "serve": "cli.service:serve",
-    "worker": "cli.service:worker",
-    "db": "cli.service:db",
-    "apikey": "cli.service:apikey",
-    "jobs": "cli.client:jobs",
-    "datasets": "cli.client:datasets",
-    "checkpoints": "cli.client:checkpoints",
+    "run": "twofold.cli.local:run_cmd",
+    "demo": "twofold.cli.local:demo_cmd",
+    "teacher": "twofold.cli.teacher:teacher",
+    "serve": "twofold.cli.service:serve",
+    "worker": "twofold.cli.service:worker",
+    "db": "twofold.cli.service:db",
+    "apikey": "twofold.cli.service:apikey",
+    "jobs": "twofold.cli.client:jobs",
+    "datasets": "twofold.cli.client:datasets",
+    "checkpoints": "twofold.cli.client:checkpoints",
 }
 
 

@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from store.settings import Settings
-from store.stages import Queue
+from twofold.store.settings import Settings
+from twofold.store.stages import Queue
 
 
 @click.command()
@@ -26,19 +26,19 @@ def serve(host: str, port: int, migrate: bool | None, log_level: str) -> None:
     are sent to Celery workers (`twofold worker`)."""
     import uvicorn
 
-    from api.main import create_app
-    from store.dispatch import Dispatcher
-    from store.migrate import upgrade
+    from twofold.api.main import create_app
+    from twofold.store.dispatch import Dispatcher
+    from twofold.store.migrate import upgrade
 
     settings = Settings()
     if migrate or (migrate is None and settings.database_url.startswith("sqlite")):
         upgrade(settings.database_url)
     dispatcher: Dispatcher | None = None
     if settings.embedded:
-        from store.artifacts import ArtifactStore
-        from store.db import make_engine, make_session_factory
-        from workers.embedded import EmbeddedDispatcher
-        from workers.runner import Runtime
+        from twofold.store.artifacts import ArtifactStore
+        from twofold.store.db import make_engine, make_session_factory
+        from twofold.workers.embedded import EmbeddedDispatcher
+        from twofold.workers.runner import Runtime
 
         embedded = EmbeddedDispatcher(threads=settings.embedded_threads)
         embedded.bind(
@@ -76,7 +76,7 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str) -> None:
         raise click.BadParameter(
             f"unknown queue(s) {unknown}; use {', '.join(Queue.__members__)}", param_hint="--queues"
         )
-    from workers.app import app, settings
+    from twofold.workers.app import app, settings
 
     if not settings.broker_url:
         raise click.ClickException("set TWOFOLD_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run workers")
@@ -105,7 +105,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def db_upgrade(revision: str) -> None:
     """Migrate the database at TWOFOLD_DATABASE_URL to the latest schema."""
-    from store.migrate import upgrade
+    from twofold.store.migrate import upgrade
 
     settings = Settings()
     upgrade(settings.database_url, revision)
@@ -117,7 +117,7 @@ def db_check() -> None:
     """Exit non-zero if the migrated schema differs from the models."""
     from alembic.util.exc import CommandError
 
-    from store.migrate import check
+    from twofold.store.migrate import check
 
     settings = Settings()
     try:
@@ -137,8 +137,8 @@ def apikey() -> None:
 @click.option("--tenant", required=True, help="Tenant name (created if it does not exist).")
 def apikey_create(tenant: str) -> None:
     """Create an API key for TENANT and print it once (only its hash is stored)."""
-    from store.db import make_engine, make_session_factory, transaction
-    from store.keys import create_api_key
+    from twofold.store.db import make_engine, make_session_factory, transaction
+    from twofold.store.keys import create_api_key
 
     settings = Settings()
     engine = make_engine(settings.database_url)

@@ -42,7 +42,7 @@ def serve(
     """Serve a teacher model until interrupted; prints the base URL (ending in /v1) when ready."""
     if (model_dir is None) == (not tiny):
         raise click.UsageError("give exactly one of --model DIR or --tiny")
-    from teacher_server.app import launch  # imports torch; keep `twofold --help` fast
+    from twofold.teacher_server.app import launch  # imports torch; keep `twofold --help` fast
 
     try:
         launch(

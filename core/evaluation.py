@@ -9,9 +9,9 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.models import generate_batched
-from core.records import EvalResult
-from core.tasks import EXTRACTION_VERSION, Item
+from twofold.core.models import generate_batched
+from twofold.core.records import EvalResult
+from twofold.core.tasks import EXTRACTION_VERSION, Item
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.records import Label, StudentSample, TeacherSample
-from core.tasks import Item
+from twofold.core.records import Label, StudentSample, TeacherSample
+from twofold.core.tasks import Item
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
-from core.configs import DataConfig, JobSpec
-from core.records import Callbacks, EvalResult, Label, StudentSample, TeacherSample
-from core.tasks import Item, get_task
+from twofold.core.configs import DataConfig, JobSpec
+from twofold.core.records import Callbacks, EvalResult, Label, StudentSample, TeacherSample
+from twofold.core.tasks import Item, get_task
 
 STAGES: tuple[str, ...] = ("teacher_sampling", "sft", "labeling", "reward_model", "rl", "evaluation")
 STAGE_QUEUE: dict[str, str] = {s: ("io" if s == "teacher_sampling" else "gpu") for s in STAGES}
@@ -218,7 +218,7 @@ class _Context:
 
     @property
     def device(self) -> str:
-        from core.models import pick_device
+        from twofold.core.models import pick_device
 
         return str(pick_device(self.spec.device))
 
@@ -228,7 +228,7 @@ class _Context:
         return self.ws.teacher_samples()
 
     def load_policy(self, name: str) -> tuple[Any, Any]:
-        from core.models import load_causal_lm
+        from twofold.core.models import load_causal_lm
 
         path = self.ws.path(name)
         if not (path / "config.json").exists():
@@ -237,7 +237,7 @@ class _Context:
 
 
 def _teacher_sampling(ctx: _Context) -> dict[str, Any]:
-    from core.teacher import TeacherClient
+    from twofold.core.teacher import TeacherClient
 
     stage = "teacher_sampling"
     cfg = ctx.spec.teacher
@@ -246,7 +246,7 @@ def _teacher_sampling(ctx: _Context) -> dict[str, Any]:
     total = len(items) * cfg.samples_per_question
     done = len({s.key for s in existing})
     ctx.cb.progress(stage, done, total)
-    from core.records import Cancelled
+    from twofold.core.records import Cancelled
 
     new_samples: list[TeacherSample] = []
 
@@ -290,9 +290,9 @@ def _teacher_sampling(ctx: _Context) -> dict[str, Any]:
 
 
 def _sft(ctx: _Context) -> dict[str, Any]:
-    from core.models import model_from_config, save_hf
-    from core.sft import AgreementCheck, holdout_majority, sft_examples, train_causal_lm
-    from core.training import clear_state
+    from twofold.core.models import model_from_config, save_hf
+    from twofold.core.sft import AgreementCheck, holdout_majority, sft_examples, train_causal_lm
+    from twofold.core.training import clear_state
 
     spec = ctx.spec
     samples = ctx.teacher_samples()
@@ -367,8 +367,8 @@ def _sft(ctx: _Context) -> dict[str, Any]:
 def _labeling(ctx: _Context) -> dict[str, Any]:
     import torch
 
-    from core.labeling import kept_questions, label_responses, label_stats, votes_by_question
-    from core.models import generate
+    from twofold.core.labeling import kept_questions, label_responses, label_stats, votes_by_question
+    from twofold.core.models import generate
 
     spec, stage = ctx.spec, "labeling"
     teacher = ctx.teacher_samples()
@@ -398,7 +398,7 @@ def _labeling(ctx: _Context) -> dict[str, Any]:
             )
             ctx.cb.progress(stage, min(i + batch, len(rows)), len(rows))
             if ctx.cb.should_stop():
-                from core.records import Cancelled
+                from twofold.core.records import Cancelled
 
                 raise Cancelled(stage)
     ctx.cb.student_samples(student)
@@ -433,9 +433,9 @@ def _labels(ctx: _Context) -> list[Label]:
 
 
 def _reward_model(ctx: _Context) -> dict[str, Any]:
-    from core.models import build_reward_model, model_from_config
-    from core.reward_model import save_reward_model, train_reward_model
-    from core.training import clear_state
+    from twofold.core.models import build_reward_model, model_from_config
+    from twofold.core.reward_model import save_reward_model, train_reward_model
+    from twofold.core.training import clear_state
 
     spec = ctx.spec
     cfg = spec.reward_model
@@ -487,14 +487,14 @@ def _reward_fn(ctx: _Context, reward: str, ref: Any) -> Callable[[list[Item], li
             for it, t in zip(items, texts, strict=True)
         ]
     if reward == "pseudo_label":
-        from core.labeling import kept_questions, votes_by_question
+        from twofold.core.labeling import kept_questions, votes_by_question
 
         kept = kept_questions(votes_by_question(ctx.teacher_samples()), ctx.spec.labels.min_vote_share)
         return lambda items, texts: [
             float(task.extract_answer(t) == kept[it.id].majority) for it, t in zip(items, texts, strict=True)
         ]
-    from core.models import load_tokenizer
-    from core.reward_model import load_reward_scorer, score_responses
+    from twofold.core.models import load_tokenizer
+    from twofold.core.reward_model import load_reward_scorer, score_responses
 
     path = ctx.ws.path("reward_model")
     if not (path / "config.json").exists():
@@ -509,10 +509,10 @@ def _reward_fn(ctx: _Context, reward: str, ref: Any) -> Callable[[list[Item], li
 
 def run_rl(ctx: _Context, *, out_name: str = "rl") -> dict[str, Any]:
     """RL of the SFT policy against ``spec.rl.reward``; writes the checkpoint to ``out_name/``."""
-    from core.models import save_hf
-    from core.rl.grpo import train_grpo
-    from core.rl.ppo import train_ppo
-    from core.training import clear_state
+    from twofold.core.models import save_hf
+    from twofold.core.rl.grpo import train_grpo
+    from twofold.core.rl.ppo import train_ppo
+    from twofold.core.training import clear_state
 
     spec = ctx.spec
     policy, tok = ctx.load_policy("sft")
@@ -520,7 +520,7 @@ def run_rl(ctx: _Context, *, out_name: str = "rl") -> dict[str, Any]:
     ref.eval().requires_grad_(False)
     items = ctx.data.train
     if spec.rl.reward == "pseudo_label":
-        from core.labeling import kept_questions, votes_by_question
+        from twofold.core.labeling import kept_questions, votes_by_question
 
         kept = kept_questions(votes_by_question(ctx.teacher_samples()), spec.labels.min_vote_share)
         items = [it for it in items if it.id in kept]
@@ -553,7 +553,7 @@ def _rl(ctx: _Context) -> dict[str, Any]:
 
 def evaluate_checkpoint(ctx: _Context, name: str, *, label: str | None = None) -> EvalResult:
     """Greedy accuracy of the workspace checkpoint ``name`` on the test split; reported and saved."""
-    from core.evaluation import evaluate_model
+    from twofold.core.evaluation import evaluate_model
 
     model, tok = ctx.load_policy(name)
     res = evaluate_model(
@@ -572,8 +572,8 @@ def evaluate_checkpoint(ctx: _Context, name: str, *, label: str | None = None) -
 
 def evaluate_teacher(ctx: _Context) -> EvalResult:
     """Greedy accuracy of the teacher through its endpoint on the test split."""
-    from core.evaluation import evaluate_endpoint
-    from core.teacher import TeacherClient
+    from twofold.core.evaluation import evaluate_endpoint
+    from twofold.core.teacher import TeacherClient
 
     cfg = ctx.spec.teacher
     # Responses are kept as they arrive, so a rerun of this stage (a worker died) asks only for the missing ones.

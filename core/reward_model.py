@@ -35,11 +35,19 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.configs import RewardModelConfig
-from core.records import Callbacks, Cancelled, Label
-from core.rl.rollout import completion_logprobs
-from core.tasks import Item
-from core.training import Encoded, cosine_lr, encode_pairs, load_state, rng_state, save_state, set_rng_state
+from twofold.core.configs import RewardModelConfig
+from twofold.core.records import Callbacks, Cancelled, Label
+from twofold.core.rl.rollout import completion_logprobs
+from twofold.core.tasks import Item
+from twofold.core.training import (
+    Encoded,
+    cosine_lr,
+    encode_pairs,
+    load_state,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 
 SAVE_EVERY = 50
 META_FILE = "twofold_reward.json"
@@ -311,7 +319,7 @@ def save_reward_model(
     cfg: RewardModelConfig,
 ) -> Path:
     """Save ``rm`` in HF format plus ``twofold_reward.json`` (kind, beta, max_length) describing how it scores."""
-    from core.models import save_hf
+    from twofold.core.models import save_hf
 
     out = save_hf(rm, tokenizer, out_dir)
     meta = {"kind": cfg.kind, "beta": cfg.beta, "max_length": cfg.max_length, "reference": "sft"}

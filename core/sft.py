@@ -17,11 +17,19 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.configs import SFTConfig
-from core.labeling import agreeing_teacher_samples, kept_questions, votes_by_question
-from core.records import Callbacks, Cancelled, TeacherSample
-from core.tasks import Item
-from core.training import collate, cosine_lr, encode_pairs, load_state, rng_state, save_state, set_rng_state
+from twofold.core.configs import SFTConfig
+from twofold.core.labeling import agreeing_teacher_samples, kept_questions, votes_by_question
+from twofold.core.records import Callbacks, Cancelled, TeacherSample
+from twofold.core.tasks import Item
+from twofold.core.training import (
+    collate,
+    cosine_lr,
+    encode_pairs,
+    load_state,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 
 SAVE_EVERY = 50
 
@@ -200,7 +208,7 @@ class AgreementCheck:
 
     def agreement(self) -> float:
         """The share of held-out questions whose greedy answer equals the teacher's majority answer."""
-        from core.evaluation import evaluate_model
+        from twofold.core.evaluation import evaluate_model
 
         # scored as accuracy against the teacher's majority in place of a gold answer
         as_graded = [dataclasses.replace(it, answer=self.majority[it.id]) for it in self.items]

@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from core.configs import TeacherConfig
-from core.records import TeacherSample
-from core.tasks import Item
+from twofold.core.configs import TeacherConfig
+from twofold.core.records import TeacherSample
+from twofold.core.tasks import Item
 
 log = logging.getLogger("twofold.teacher")
 

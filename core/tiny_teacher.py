@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from core.records import Callbacks, NullCallbacks
+from twofold.core.records import Callbacks, NullCallbacks
 
 #: A cached teacher is reused only when it was trained with exactly this recipe; bump ``version`` when the training
 #: code changes what a recipe produces.
@@ -41,11 +41,11 @@ def train_tiny_teacher(
 
     This is the stand-in for a large teacher: the method never sees these gold solutions again.
     """
-    from core.configs import SFTConfig
-    from core.evaluation import evaluate_model
-    from core.models import build_tiny, count_parameters, save_hf
-    from core.sft import train_causal_lm
-    from core.tasks import arithmetic
+    from twofold.core.configs import SFTConfig
+    from twofold.core.evaluation import evaluate_model
+    from twofold.core.models import build_tiny, count_parameters, save_hf
+    from twofold.core.sft import train_causal_lm
+    from twofold.core.tasks import arithmetic
 
     r = {**TEACHER_RECIPE, **(recipe or {})}
     cb = callbacks or NullCallbacks()

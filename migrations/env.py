@@ -7,8 +7,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from store.db import make_engine
-from store.models import Base, UTCDateTime
+from twofold.store.db import make_engine
+from twofold.store.models import Base, UTCDateTime
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -19,7 +19,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from store.settings import Settings
+    from twofold.store.settings import Settings
 
     return Settings().database_url
 

@@ -7,7 +7,7 @@ import logging
 import uuid
 from typing import Any, Protocol
 
-from store.stages import STAGE_QUEUE, task_name
+from twofold.store.stages import STAGE_QUEUE, task_name
 
 log = logging.getLogger(__name__)
 

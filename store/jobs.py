@@ -16,8 +16,8 @@ from sqlalchemy import CursorResult, Result, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from store.models import Base, Event, Job, StageRun, utcnow
-from store.stages import FINISHED, STAGE_QUEUE, STAGES, Status
+from twofold.store.models import Base, Event, Job, StageRun, utcnow
+from twofold.store.stages import FINISHED, STAGE_QUEUE, STAGES, Status
 
 # Which sections of the job spec configure each stage (stored, resolved, on the stage row).
 STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {

@@ -10,7 +10,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.models import ApiKey, Tenant
+from twofold.store.models import ApiKey, Tenant
 
 KEY_PREFIX = "tf_"
 

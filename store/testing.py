@@ -4,7 +4,7 @@ them; this module is for tests only and imports pytest).
 ``service_problem("postgres")`` says why a service is unusable (None when it is up); ``require(...)`` skips
 the calling test with that reason, or fails it when ``CI=true``. ``temp_schema()`` gives a PostgreSQL URL
 whose ``search_path`` is a fresh schema, dropped afterwards, so parallel test sessions never collide.
-Fixtures (``from store.testing import pg_url, pg_engine, db_connection  # noqa: F401`` in a conftest):
+Fixtures (``from twofold.store.testing import pg_url, pg_engine, db_connection  # noqa: F401`` in a conftest):
 ``pg_url`` a migrated schema for the session, ``pg_engine`` an engine on it, ``db_connection`` a connection in
 a transaction rolled back after each test.
 """
@@ -21,8 +21,8 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Connection, Engine
 
-from store.db import make_engine
-from store.migrate import upgrade
+from twofold.store.db import make_engine
+from twofold.store.migrate import upgrade
 
 PG_URL = os.environ.get("TWOFOLD_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TWOFOLD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -1,4 +1,4 @@
-"""``python -m teacher_server --model DIR | --tiny [--host H] [--port P] ...``: serve a teacher over HTTP."""
+"""``python -m twofold.teacher_server --model DIR | --tiny [--host H] [--port P] ...``: serve a teacher over HTTP."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import argparse
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and serve until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m teacher_server", description="Serve a causal LM over the OpenAI HTTP protocol."
+        prog="python -m twofold.teacher_server",
+        description="Serve a causal LM over the OpenAI HTTP protocol.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="DIR", help="local Hugging Face checkpoint directory")
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for --tiny")
     args = parser.parse_args(argv)
 
-    from teacher_server.app import launch  # torch is imported only after the arguments are valid
+    from twofold.teacher_server.app import launch  # torch is imported only after the arguments are valid
 
     try:
         launch(

@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.models import build_tiny, generate, load_causal_lm, pick_device
-from teacher_server.process import READY_BANNER
+from twofold.core.models import build_tiny, generate, load_causal_lm, pick_device
+from twofold.teacher_server.process import READY_BANNER
 
 #: Default completion budget of a chat request that sets none (OpenAI would use the whole context).
 CHAT_DEFAULT_MAX_TOKENS = 1024

@@ -76,7 +76,7 @@ def start(
         os.close(fd)
         log_path = tmp
     log_file = Path(log_path)
-    cmd = [sys.executable, "-u", "-m", "teacher_server", "--host", host, "--port", str(port)]
+    cmd = [sys.executable, "-u", "-m", "twofold.teacher_server", "--host", host, "--port", str(port)]
     cmd += ["--tiny", "--seed", str(seed)] if model_dir is None else ["--model", str(model_dir)]
     cmd += ["--threads", str(threads), "--max-batch-size", str(max_batch_size), "--device", device]
     if name:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from teacher_server.process import TeacherProcess, start
+from twofold.teacher_server.process import TeacherProcess, start
 
 
 class TeacherServers:
@@ -68,7 +68,7 @@ def arith_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     session; low accuracy, but its answers parse, so every pipeline stage has data."""
     import torch
 
-    from core.tiny_teacher import ensure_tiny_teacher
+    from twofold.core.tiny_teacher import ensure_tiny_teacher
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads on a busy 2-core machine are several times slower than one

@@ -1,4 +1,4 @@
-"""The Celery application (``celery -A workers.app worker``, or ``twofold worker``).
+"""The Celery application (``celery -A twofold.workers.app worker``, or ``twofold worker``).
 
 Settings are read once, here, at the worker's entry point. Tasks acknowledge late and are rejected back to
 the queue if their process dies; each worker process takes one task at a time; results are off because the
@@ -10,8 +10,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue as KombuQueue
 
-from store.settings import Settings
-from store.stages import SWEEP_TASK, Queue
+from twofold.store.settings import Settings
+from twofold.store.stages import SWEEP_TASK, Queue
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -20,7 +20,7 @@ def create_celery(settings: Settings) -> Celery:
         raise RuntimeError(
             "TWOFOLD_BROKER_URL is not set: Celery workers need a broker (e.g. redis://127.0.0.1:6379/0)"
         )
-    app = Celery("twofold", broker=settings.broker_url, include=["workers.tasks"])
+    app = Celery("twofold", broker=settings.broker_url, include=["twofold.workers.tasks"])
     app.conf.update(
         task_ignore_result=True,
         result_backend=None,
@@ -49,4 +49,4 @@ def create_celery(settings: Settings) -> Celery:
 
 
 settings = Settings()
-app = create_celery(settings) if settings.broker_url else Celery("twofold", include=["workers.tasks"])
+app = create_celery(settings) if settings.broker_url else Celery("twofold", include=["twofold.workers.tasks"])

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 
-from workers.runner import Runtime, StageRunner, TransientStageError, runnable_stages, sweep
+from twofold.workers.runner import Runtime, StageRunner, TransientStageError, runnable_stages, sweep
 
 log = logging.getLogger(__name__)
 RETRY_DELAY_S = 5.0

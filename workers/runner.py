@@ -26,14 +26,14 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.configs import JobSpec
-from core.pipeline import TaskData, load_data, run_stage
-from core.records import Cancelled, EvalResult, Label, StudentSample, TeacherSample
-from store import jobs as ops
-from store.artifacts import ArtifactStore, dir_digest
-from store.db import transaction
-from store.dispatch import Dispatcher, enqueue_quietly
-from store.models import (
+from twofold.core.configs import JobSpec
+from twofold.core.pipeline import TaskData, load_data, run_stage
+from twofold.core.records import Cancelled, EvalResult, Label, StudentSample, TeacherSample
+from twofold.store import jobs as ops
+from twofold.store.artifacts import ArtifactStore, dir_digest
+from twofold.store.db import transaction
+from twofold.store.dispatch import Dispatcher, enqueue_quietly
+from twofold.store.models import (
     Checkpoint,
     Dataset,
     Evaluation,
@@ -45,8 +45,8 @@ from store.models import (
     TeacherSampleRow,
     utcnow,
 )
-from store.settings import Settings
-from store.stages import Status
+from twofold.store.settings import Settings
+from twofold.store.stages import Status
 
 log = logging.getLogger(__name__)
 

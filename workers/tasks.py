@@ -9,13 +9,13 @@ import socket
 
 from celery import Task
 
-from store.artifacts import ArtifactStore
-from store.db import make_engine, make_session_factory
-from store.dispatch import CeleryDispatcher
-from store.settings import Settings
-from store.stages import SWEEP_TASK, Queue, task_name
-from workers.app import app
-from workers.runner import Runtime, StageRunner, TransientStageError, sweep
+from twofold.store.artifacts import ArtifactStore
+from twofold.store.db import make_engine, make_session_factory
+from twofold.store.dispatch import CeleryDispatcher
+from twofold.store.settings import Settings
+from twofold.store.stages import SWEEP_TASK, Queue, task_name
+from twofold.workers.app import app
+from twofold.workers.runner import Runtime, StageRunner, TransientStageError, sweep
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from fastapi import APIRouter, Body, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from api.deps import DASHBOARD_COOKIE, CurrentTenant, SessionDep, get_session
-from api.errors import Forbidden, NotFound, ValidationFailed
-from store.keys import find_key
-from store.models import Tenant
+from twofold.api.deps import DASHBOARD_COOKIE, CurrentTenant, SessionDep, get_session
+from twofold.api.errors import Forbidden, NotFound, ValidationFailed
+from twofold.store.keys import find_key
+from twofold.store.models import Tenant
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"

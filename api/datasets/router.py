@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 
-from api.datasets import service
-from api.datasets.schemas import DatasetOut
-from api.deps import ArtifactsDep, CurrentTenant, IdempotencyDep, PageDep, SessionDep, SettingsDep
-from api.idempotency import fingerprint, respond
-from api.schemas import PLAIN_TEXT, ListOut, error_responses
+from twofold.api.datasets import service
+from twofold.api.datasets.schemas import DatasetOut
+from twofold.api.deps import ArtifactsDep, CurrentTenant, IdempotencyDep, PageDep, SessionDep, SettingsDep
+from twofold.api.idempotency import fingerprint, respond
+from twofold.api.schemas import PLAIN_TEXT, ListOut, error_responses
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

@@ -14,13 +14,13 @@ from typing import IO, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.datasets.schemas import DatasetOut
-from api.deps import Page, Principal
-from api.errors import NotFound, PayloadTooLarge, ValidationFailed
-from api.idempotency import Outcome
-from api.pagination import keyset_page, parse_id
-from store.artifacts import CHUNK, ArtifactStore
-from store.models import Dataset
+from twofold.api.datasets.schemas import DatasetOut
+from twofold.api.deps import Page, Principal
+from twofold.api.errors import NotFound, PayloadTooLarge, ValidationFailed
+from twofold.api.idempotency import Outcome
+from twofold.api.pagination import keyset_page, parse_id
+from twofold.store.artifacts import CHUNK, ArtifactStore
+from twofold.store.models import Dataset
 
 BUILTIN_DATASETS: dict[str, str] = {
     "gsm8k": "GSM8K grade-school maths (from the configured data directory)",

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentTenant, PageDep, SessionDep, SessionFactoryDep
-from api.events import service
-from api.events.schemas import EventOut
-from api.jobs.service import get_job
-from api.schemas import ListOut, error_responses
+from twofold.api.deps import CurrentTenant, PageDep, SessionDep, SessionFactoryDep
+from twofold.api.events import service
+from twofold.api.events.schemas import EventOut
+from twofold.api.jobs.service import get_job
+from twofold.api.schemas import ListOut, error_responses
 
 router = APIRouter(prefix="/jobs/{job_id}/events", tags=["events"])
 

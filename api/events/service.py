@@ -10,12 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Page
-from api.errors import InvalidRequest
-from api.events.schemas import EventOut
-from api.pagination import keyset_page
-from store.models import Event, Job
-from store.stages import FINISHED
+from twofold.api.deps import Page
+from twofold.api.errors import InvalidRequest
+from twofold.api.events.schemas import EventOut
+from twofold.api.pagination import keyset_page
+from twofold.store.models import Event, Job
+from twofold.store.stages import FINISHED
 
 STREAM_BATCH = 500
 KEEPALIVE_S = 15.0

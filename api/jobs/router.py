@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import (
+from twofold.api.deps import (
     CurrentTenant,
     DispatcherDep,
     IdempotencyDep,
@@ -16,11 +16,11 @@ from api.deps import (
     SessionDep,
     SettingsDep,
 )
-from api.errors import ValidationFailed
-from api.idempotency import fingerprint, respond
-from api.jobs import service
-from api.jobs.schemas import JobCreate, JobOut, StageRunOut, StatusName
-from api.schemas import PLAIN_TEXT, ListOut, error_responses
+from twofold.api.errors import ValidationFailed
+from twofold.api.idempotency import fingerprint, respond
+from twofold.api.jobs import service
+from twofold.api.jobs.schemas import JobCreate, JobOut, StageRunOut, StatusName
+from twofold.api.schemas import PLAIN_TEXT, ListOut, error_responses
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 _METADATA_PARAM = re.compile(r"^metadata\[([A-Za-z0-9_.:-]{1,64})\]$")

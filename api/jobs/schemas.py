@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from api.schemas import METADATA_KEY, PLAIN_TEXT, StrictModel
+from twofold.api.schemas import METADATA_KEY, PLAIN_TEXT, StrictModel
 
 StatusName = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 MetadataKey = Annotated[str, StringConstraints(pattern=METADATA_KEY)]

@@ -13,18 +13,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.datasets.service import BUILTIN_DATASETS, get_dataset
-from api.deps import Page, Principal
-from api.errors import NotFound, Unavailable, ValidationFailed
-from api.idempotency import Outcome
-from api.jobs.schemas import JobCreate, JobError, JobOut, StageRunOut
-from api.pagination import keyset_page, parse_id
-from core.configs import JobSpec
-from store import jobs as ops
-from store.dispatch import Dispatcher, enqueue_quietly
-from store.models import Job, StageRun, utcnow
-from store.settings import Settings
-from store.stages import STAGES, Status
+from twofold.api.datasets.service import BUILTIN_DATASETS, get_dataset
+from twofold.api.deps import Page, Principal
+from twofold.api.errors import NotFound, Unavailable, ValidationFailed
+from twofold.api.idempotency import Outcome
+from twofold.api.jobs.schemas import JobCreate, JobError, JobOut, StageRunOut
+from twofold.api.pagination import keyset_page, parse_id
+from twofold.core.configs import JobSpec
+from twofold.store import jobs as ops
+from twofold.store.dispatch import Dispatcher, enqueue_quietly
+from twofold.store.models import Job, StageRun, utcnow
+from twofold.store.settings import Settings
+from twofold.store.stages import STAGES, Status
 
 DATA_DIR_TASKS = ("gsm8k", "mmlu_pro")
 
@@ -183,7 +183,7 @@ def resolve_spec(
         raise ValidationFailed("give either `preset` or `spec`, not both", param="spec")
     if body.preset is not None:
         try:
-            from core.presets import preset_spec
+            from twofold.core.presets import preset_spec
         except ImportError as exc:
             raise Unavailable(f"presets are not available on this server: {exc}", param="preset") from exc
         raw = preset_spec(

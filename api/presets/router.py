@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import CurrentTenant, SettingsDep
-from api.presets import service
-from api.presets.schemas import PresetOut
-from api.schemas import ListOut, error_responses
+from twofold.api.deps import CurrentTenant, SettingsDep
+from twofold.api.presets import service
+from twofold.api.presets.schemas import PresetOut
+from twofold.api.schemas import ListOut, error_responses
 
 router = APIRouter(prefix="/presets", tags=["presets"])
 

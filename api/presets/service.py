@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from api.errors import Unavailable
-from api.presets.schemas import PresetOut
-from store.settings import Settings
+from twofold.api.errors import Unavailable
+from twofold.api.presets.schemas import PresetOut
+from twofold.store.settings import Settings
 
 
 def list_presets(*, settings: Settings) -> list[PresetOut]:
     """Every preset with its description and its full spec."""
     try:
-        from core.presets import PRESET_DESCRIPTIONS, preset_spec
+        from twofold.core.presets import PRESET_DESCRIPTIONS, preset_spec
     except ImportError as exc:
         raise Unavailable(f"presets are not available on this server: {exc}") from exc
     return [

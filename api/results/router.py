@@ -7,17 +7,17 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import ArtifactsDep, CurrentTenant, PageDep, SessionDep
-from api.jobs.service import get_job
-from api.results import service
-from api.results.schemas import (
+from twofold.api.deps import ArtifactsDep, CurrentTenant, PageDep, SessionDep
+from twofold.api.jobs.service import get_job
+from twofold.api.results import service
+from twofold.api.results.schemas import (
     CheckpointOut,
     EvaluationOut,
     MetricOut,
     RewardLabelList,
     SampleOut,
 )
-from api.schemas import PLAIN_TEXT, ListOut, error_responses
+from twofold.api.schemas import PLAIN_TEXT, ListOut, error_responses
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from api.schemas import ListOut
+from twofold.api.schemas import ListOut
 
 
 class SampleOut(BaseModel):

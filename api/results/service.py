@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.deps import Page
-from api.errors import NotFound
-from api.pagination import keyset_page, parse_id
-from api.results.schemas import (
+from twofold.api.deps import Page
+from twofold.api.errors import NotFound
+from twofold.api.pagination import keyset_page, parse_id
+from twofold.api.results.schemas import (
     CheckpointOut,
     EvaluationOut,
     HistogramBin,
@@ -21,8 +21,8 @@ from api.results.schemas import (
     RewardLabelOut,
     SampleOut,
 )
-from store.artifacts import ArtifactStore
-from store.models import (
+from twofold.store.artifacts import ArtifactStore
+from twofold.store.models import (
     Checkpoint,
     Evaluation,
     Job,

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import DispatcherDep, SessionFactoryDep
-from api.schemas import error_responses
-from api.system import service
+from twofold.api.deps import DispatcherDep, SessionFactoryDep
+from twofold.api.schemas import error_responses
+from twofold.api.system import service
 
 router = APIRouter(tags=["service"])
 

@@ -13,9 +13,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import Unavailable
-from store.dispatch import Dispatcher
-from store.models import Job, StageRun
+from twofold.api.errors import Unavailable
+from twofold.store.dispatch import Dispatcher
+from twofold.store.models import Job, StageRun
 
 
 def readiness(*, factory: sessionmaker[Session], dispatcher: Dispatcher) -> dict[str, str]:

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.configs import RLConfig
-from core.records import Callbacks
-from core.rl.algos import group_advantages, kl_penalty, masked_mean, policy_loss
-from core.rl.rollout import (
+from twofold.core.configs import RLConfig
+from twofold.core.records import Callbacks
+from twofold.core.rl.algos import group_advantages, kl_penalty, masked_mean, policy_loss
+from twofold.core.rl.rollout import (
     BuildPrompt,
     RewardFn,
     Rollout,
@@ -27,7 +27,7 @@ from core.rl.rollout import (
     minibatches,
     run_rl,
 )
-from core.tasks import Item
+from twofold.core.tasks import Item
 
 
 def train_grpo(

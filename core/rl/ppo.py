@@ -19,11 +19,18 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.configs import RLConfig
-from core.models import build_reward_model
-from core.records import Callbacks
-from core.rl.algos import gae_advantages, kl_penalty, masked_whiten, policy_loss, token_rewards, value_loss
-from core.rl.rollout import (
+from twofold.core.configs import RLConfig
+from twofold.core.models import build_reward_model
+from twofold.core.records import Callbacks
+from twofold.core.rl.algos import (
+    gae_advantages,
+    kl_penalty,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
+from twofold.core.rl.rollout import (
     BuildPrompt,
     RewardFn,
     Rollout,
@@ -35,7 +42,7 @@ from core.rl.rollout import (
     model_inputs,
     run_rl,
 )
-from core.tasks import Item
+from twofold.core.tasks import Item
 
 
 def completion_values(

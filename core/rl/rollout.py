@@ -23,11 +23,17 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.configs import RLConfig
-from core.models import generate
-from core.records import Callbacks, Cancelled
-from core.rl.algos import entropy_from_logits, kl_penalty, logprobs_from_logits, masked_mean, masked_sum
-from core.tasks import Item
+from twofold.core.configs import RLConfig
+from twofold.core.models import generate
+from twofold.core.records import Callbacks, Cancelled
+from twofold.core.rl.algos import (
+    entropy_from_logits,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_mean,
+    masked_sum,
+)
+from twofold.core.tasks import Item
 
 #: ``reward_fn(items_per_response, completions) -> rewards``: one float per completion.
 RewardFn = Callable[[list[Item], list[str]], list[float]]

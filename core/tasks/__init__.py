@@ -24,7 +24,7 @@ class Item:
 
 def get_task(name: str) -> ModuleType:
     """The task module for ``name`` (arithmetic, gsm8k, mmlu_pro, custom)."""
-    from core.tasks import arithmetic, custom, gsm8k, mmlu_pro
+    from twofold.core.tasks import arithmetic, custom, gsm8k, mmlu_pro
 
     tasks = {"arithmetic": arithmetic, "gsm8k": gsm8k, "mmlu_pro": mmlu_pro, "custom": custom}
     if name not in tasks:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from core.tasks import Item
-from core.tasks.gsm8k import build_prompt, extract_answer, is_correct  # noqa: F401  (same rules)
+from twofold.core.tasks import Item
+from twofold.core.tasks.gsm8k import build_prompt, extract_answer, is_correct  # noqa: F401  (same rules)
 
 NAMES = ["Ana", "Ben", "Cy", "Dee", "Eli", "Fay", "Gus", "Ivy", "Jo", "Kim", "Lu", "Max", "Ned", "Oz", "Pam"]
 THINGS = ["pens", "cards", "eggs", "coins", "books", "apples", "shells", "stamps", "marbles", "cups"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.tasks import Item
-from core.tasks.gsm8k import build_prompt, extract_answer, is_correct  # noqa: F401  (same rules)
+from twofold.core.tasks import Item
+from twofold.core.tasks.gsm8k import build_prompt, extract_answer, is_correct  # noqa: F401  (same rules)
 
 
 def load(path: str | Path, split: str = "train", *, test_fraction: float = 0.1, seed: int = 0) -> list[Item]:

@@ -12,7 +12,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from core.tasks import Item
+from twofold.core.tasks import Item
 
 _NUM = r"-?[$]?\s*[0-9][0-9,]*(?:\.[0-9]+)?|-?[$]?\.[0-9]+"
 _AFTER_HASH = re.compile(r"####\s*(" + _NUM + ")")

@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from core.tasks import Item
+from twofold.core.tasks import Item
 
 LETTERS = "ABCDEFGHIJ"
 TRAIN_FRACTION = 0.8

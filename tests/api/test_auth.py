@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from store.artifacts import ArtifactStore
-from store.models import Checkpoint
+from twofold.store.artifacts import ArtifactStore
+from twofold.store.models import Checkpoint
 
 pytestmark = pytest.mark.services
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from store.testing import free_port
+from twofold.store.testing import free_port
 
 pytestmark = pytest.mark.services
 
@@ -183,7 +183,7 @@ def test_a_job_on_an_uploaded_dataset_runs_the_custom_task(api) -> None:
 
 
 def _tenant_id(api: object) -> str:
-    from store.keys import find_key
+    from twofold.store.keys import find_key
 
     with api.db() as s:  # type: ignore[attr-defined]
         row = find_key(s, api.a["Authorization"].split()[1])  # type: ignore[attr-defined]

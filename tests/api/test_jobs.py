@@ -11,11 +11,11 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from store.dispatch import CeleryDispatcher
-from store.models import Event, Job
-from store.settings import Settings
-from store.stages import STAGES
-from store.testing import REDIS_URL, require
+from twofold.store.dispatch import CeleryDispatcher
+from twofold.store.models import Event, Job
+from twofold.store.settings import Settings
+from twofold.store.stages import STAGES
+from twofold.store.testing import REDIS_URL, require
 
 pytestmark = pytest.mark.services
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from store import jobs as ops
-from store.artifacts import ArtifactStore, dir_digest
-from store.models import (
+from twofold.store import jobs as ops
+from twofold.store.artifacts import ArtifactStore, dir_digest
+from twofold.store.models import (
     Checkpoint,
     Evaluation,
     Job,

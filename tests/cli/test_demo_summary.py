@@ -10,8 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.local import _comparisons, demo_table, machine
-from cli.main import cli
+from twofold.cli.local import _comparisons, demo_table, machine
+from twofold.cli.main import cli
 
 
 def write_rows(items_dir: Path, name: str, correct: list[bool]) -> None:

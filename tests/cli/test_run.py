@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli.main import cli
+from twofold.cli.main import cli
 
 
 def closed_port_url() -> str:

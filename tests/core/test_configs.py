@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core.configs import ConfigError, JobSpec, RLConfig, describe
+from twofold.core.configs import ConfigError, JobSpec, RLConfig, describe
 
 BASE: dict[str, Any] = {
     "teacher": {"base_url": "http://127.0.0.1:8000/v1", "model": "tiny-teacher", "api_key": "sk-secret"},

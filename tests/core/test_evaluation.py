@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from core.evaluation import evaluate_endpoint, evaluate_model, score_texts, wilson_interval
-from core.models import build_tiny
-from core.tasks import EXTRACTION_VERSION, Item, gsm8k, mmlu_pro
+from twofold.core.evaluation import evaluate_endpoint, evaluate_model, score_texts, wilson_interval
+from twofold.core.models import build_tiny
+from twofold.core.tasks import EXTRACTION_VERSION, Item, gsm8k, mmlu_pro
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,7 +115,7 @@ def rows_with(
 def test_paired_difference_matches_hand_computed_values(
     n: int, a_only: int, b_only: int, points: float, ci95: list[float], verdict: str
 ) -> None:
-    from core.evaluation import paired_difference
+    from twofold.core.evaluation import paired_difference
 
     a, b = rows_with(n, a_only, b_only, both=n // 2)
     d = paired_difference(a, b)
@@ -128,7 +128,7 @@ def test_paired_difference_matches_hand_computed_values(
 
 
 def test_paired_difference_needs_the_same_items() -> None:
-    from core.evaluation import paired_difference
+    from twofold.core.evaluation import paired_difference
 
     a, b = rows_with(10, 1, 1, 5)
     with pytest.raises(ValueError, match="different items"):
@@ -150,7 +150,7 @@ def test_paired_difference_needs_the_same_items() -> None:
     ],
 )
 def test_exact_mcnemar_matches_hand_computed_binomial_tails(a_only: int, b_only: int, p: float) -> None:
-    from core.evaluation import mcnemar_exact
+    from twofold.core.evaluation import mcnemar_exact
 
     assert mcnemar_exact(a_only, b_only) == pytest.approx(p)
     assert mcnemar_exact(b_only, a_only) == pytest.approx(p)  # two-sided: symmetric

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.labeling import (
+from twofold.core.labeling import (
     agreeing_teacher_samples,
     kept_questions,
     label_responses,
@@ -12,8 +12,8 @@ from core.labeling import (
     majority_vote,
     votes_by_question,
 )
-from core.records import StudentSample, TeacherSample
-from core.tasks import Item, gsm8k
+from twofold.core.records import StudentSample, TeacherSample
+from twofold.core.tasks import Item, gsm8k
 
 
 def t(qid: str, temperature: float, index: int, answer: str | None) -> TeacherSample:

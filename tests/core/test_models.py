@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from core.models import (
+from twofold.core.models import (
     PRESETS,
     build_reward_model,
     build_tiny,

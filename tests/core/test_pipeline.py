@@ -13,11 +13,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from core import pipeline
-from core.configs import JobSpec
-from core.models import load_causal_lm
-from core.presets import preset_spec
-from core.records import EvalResult, Label, NullCallbacks, StudentSample, TeacherSample
+from twofold.core import pipeline
+from twofold.core.configs import JobSpec
+from twofold.core.models import load_causal_lm
+from twofold.core.presets import preset_spec
+from twofold.core.records import EvalResult, Label, NullCallbacks, StudentSample, TeacherSample
 
 pytestmark = pytest.mark.slow
 
@@ -257,8 +257,8 @@ def test_sft_with_a_holdout_keeps_the_checkpoint_that_agrees_most_with_the_teach
     are scripted here (a smoke-sized student agrees on nothing yet); tests/core/test_sft.py measures real ones."""
     import itertools
 
-    from core.labeling import agreeing_teacher_samples, kept_questions, votes_by_question
-    from core.sft import AgreementCheck
+    from twofold.core.labeling import agreeing_teacher_samples, kept_questions, votes_by_question
+    from twofold.core.sft import AgreementCheck
 
     shutil.copytree(smoke_run["workdir"] / "stages", tmp_path / "stages")
     shutil.copy(smoke_run["workdir"] / "teacher_samples.jsonl", tmp_path)

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from core.configs import RewardModelConfig
-from core.models import build_reward_model, build_tiny
-from core.records import Label, NullCallbacks
-from core.reward_model import bradley_terry_loss, score_responses, train_reward_model
-from core.tasks import Item, arithmetic
+from twofold.core.configs import RewardModelConfig
+from twofold.core.models import build_reward_model, build_tiny
+from twofold.core.records import Label, NullCallbacks
+from twofold.core.reward_model import bradley_terry_loss, score_responses, train_reward_model
+from twofold.core.tasks import Item, arithmetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,15 +123,15 @@ def implicit_pair(seed: int = 0) -> tuple[Any, Any, Any]:
     """A micro causal LM (the reward model), an identical frozen copy (its reference), and the tokenizer."""
     import copy
 
-    from core.models import build_tiny
+    from twofold.core.models import build_tiny
 
     rm, tok = build_tiny("micro", seed=seed)
     return rm, copy.deepcopy(rm), tok
 
 
 def test_implicit_score_is_beta_times_the_response_log_ratio() -> None:
-    from core.reward_model import RewardScorer, _pad_left
-    from core.training import encode_pairs
+    from twofold.core.reward_model import RewardScorer, _pad_left
+    from twofold.core.training import encode_pairs
 
     rm, ref, tok = implicit_pair()
     with torch.no_grad():  # make the reward model differ from its reference
@@ -159,7 +159,7 @@ def test_implicit_score_is_beta_times_the_response_log_ratio() -> None:
 
 
 def test_an_untrained_implicit_reward_model_scores_one_half() -> None:
-    from core.reward_model import RewardScorer
+    from twofold.core.reward_model import RewardScorer
 
     rm, ref, tok = implicit_pair()
     item = arithmetic.load("train", size=1, seed=0)[0]
@@ -170,7 +170,7 @@ def test_an_untrained_implicit_reward_model_scores_one_half() -> None:
 
 
 def test_an_implicit_reward_model_needs_its_reference() -> None:
-    from core.reward_model import RewardScorer
+    from twofold.core.reward_model import RewardScorer
 
     rm, _, tok = implicit_pair()
     with pytest.raises(ValueError, match="reference"):
@@ -189,7 +189,7 @@ def test_an_implicit_reward_model_needs_its_reference() -> None:
 
 
 def test_an_implicit_reward_model_learns_a_separable_rule_saves_and_loads(tmp_path: Any) -> None:
-    from core.reward_model import load_reward_scorer, reward_model_meta, save_reward_model
+    from twofold.core.reward_model import load_reward_scorer, reward_model_meta, save_reward_model
 
     items, labels = separable_labels()
     rm, ref, tok = implicit_pair()
@@ -219,7 +219,7 @@ def test_an_implicit_reward_model_learns_a_separable_rule_saves_and_loads(tmp_pa
     texts = [" 3+4=7. #### 1", " 3+4=7. #### 7"]
     loaded = score_responses(scorer, tok, [prompt] * 2, texts)
     assert loaded[0] > loaded[1]
-    from core.reward_model import RewardScorer
+    from twofold.core.reward_model import RewardScorer
 
     assert loaded == pytest.approx(
         score_responses(RewardScorer(rm, "implicit", ref, 0.5), tok, [prompt] * 2, texts)
@@ -231,8 +231,8 @@ def test_an_implicit_reward_model_learns_a_separable_rule_saves_and_loads(tmp_pa
 def test_a_scalar_reward_model_directory_without_metadata_loads_as_scalar(
     trained: dict[str, Any], tmp_path: Any
 ) -> None:
-    from core.models import save_hf
-    from core.reward_model import load_reward_scorer, reward_model_meta
+    from twofold.core.models import save_hf
+    from twofold.core.reward_model import load_reward_scorer, reward_model_meta
 
     save_hf(trained["rm"], trained["tok"], tmp_path / "plain")
     assert reward_model_meta(tmp_path / "plain") == {"kind": "scalar"}

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import torch
 
-from core import sft
-from core.configs import SFTConfig
-from core.models import build_tiny
-from core.records import Cancelled, NullCallbacks, TeacherSample
-from core.sft import AgreementCheck, sft_examples, train_causal_lm
-from core.tasks import Item, arithmetic
-from core.training import collate, encode_pairs
+from twofold.core import sft
+from twofold.core.configs import SFTConfig
+from twofold.core.models import build_tiny
+from twofold.core.records import Cancelled, NullCallbacks, TeacherSample
+from twofold.core.sft import AgreementCheck, sft_examples, train_causal_lm
+from twofold.core.tasks import Item, arithmetic
+from twofold.core.training import collate, encode_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -222,8 +222,8 @@ def test_the_agreement_check_state_is_saved_and_resumed_with_training(
 def test_the_agreement_check_measures_greedy_answers_against_the_given_majority(
     arith_teacher_dir: Path,
 ) -> None:
-    from core.evaluation import evaluate_model
-    from core.models import load_causal_lm
+    from twofold.core.evaluation import evaluate_model
+    from twofold.core.models import load_causal_lm
 
     model, tok = load_causal_lm(arith_teacher_dir)  # a model whose answers parse (an untrained one's do not)
     items = ITEMS[:8]

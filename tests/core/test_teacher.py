@@ -14,10 +14,10 @@ import httpx
 import openai
 import pytest
 
-from core.configs import TeacherConfig
-from core.records import TeacherSample
-from core.tasks import Item, arithmetic
-from core.teacher import (
+from twofold.core.configs import TeacherConfig
+from twofold.core.records import TeacherSample
+from twofold.core.tasks import Item, arithmetic
+from twofold.core.teacher import (
     TeacherClient,
     TeacherError,
     TeacherUnavailable,

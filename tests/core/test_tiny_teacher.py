@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.models import load_causal_lm
-from core.tiny_teacher import ensure_tiny_teacher, is_current, train_tiny_teacher
+from twofold.core.models import load_causal_lm
+from twofold.core.tiny_teacher import ensure_tiny_teacher, is_current, train_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -25,10 +25,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from store.db import make_engine
-from store.testing import free_port, require, temp_schema
 from tests.reliability.faulty_teacher import FaultyTeacher
 from tests.workers.conftest import Stack
+from twofold.store.db import make_engine
+from twofold.store.testing import free_port, require, temp_schema
 
 WORKER_APP = "tf-reliability-worker"
 SECRET = "sk-reliability-" + uuid.uuid4().hex  # a teacher API key that must never come back out
@@ -239,7 +239,7 @@ def assert_complete(rel: RelStack, job_id: str, spec: dict[str, Any]) -> dict[st
     """Assert that a succeeded job's rows have no duplicates and no gaps: every teacher sample key once, labels
     numbered 0..N-1 with unique keys and the counts the stats promise, one complete checkpoint per training
     stage (its files match the recorded sha256), events numbered 1..N. Returns the counts."""
-    from store.artifacts import dir_digest
+    from twofold.store.artifacts import dir_digest
 
     teacher, data, labels_cfg = spec["teacher"], spec["data"], spec["labels"]
     per_question = len(teacher["temperatures"]) * teacher["n"]

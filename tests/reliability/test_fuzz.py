@@ -22,8 +22,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from store.testing import temp_schema
 from tests.reliability.conftest import RelStack
+from twofold.store.testing import temp_schema
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

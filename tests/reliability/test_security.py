@@ -7,6 +7,7 @@ never comes back out is checked after real jobs, in test_teacher_faults.py and t
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import io
 import os
@@ -18,13 +19,13 @@ import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
 
-from api.main import create_app
-from store import keys
-from store.db import make_session_factory, transaction
-from store.jobs import create_job
-from store.models import Checkpoint
-from store.settings import Settings
 from tests.reliability.conftest import RelStack, rel_spec
+from twofold.api.main import create_app
+from twofold.store import keys
+from twofold.store.db import make_session_factory, transaction
+from twofold.store.jobs import create_job
+from twofold.store.models import Checkpoint
+from twofold.store.settings import Settings
 
 pytestmark = [pytest.mark.services]
 
@@ -157,7 +158,9 @@ def test_keys_are_stored_hashed_and_checked_in_constant_time(rel: RelStack) -> N
     # the lookup is by hash (an index probe, not a scan comparing secrets) and the final check constant-time
     source = inspect.getsource(keys.find_key)
     assert "ApiKey.key_hash == digest" in source and "hmac.compare_digest(" in source
-    assert "find_key(session, token)" in inspect.getsource(__import__("api.deps").deps.current_principal)
+    assert "find_key(session, token)" in inspect.getsource(
+        importlib.import_module("twofold.api.deps").current_principal
+    )
 
 
 CRAFTED_URIS = [

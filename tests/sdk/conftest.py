@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import twofold_client as tc
 
+import twofold_client as tc
 from tests.sdk.servers import REDIS, ApiServer, TcpRelay, free_port, start_server, stop_server
 
 

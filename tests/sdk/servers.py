@@ -42,8 +42,8 @@ class ApiServer:
 
 
 def _create_key(database_url: str, tenant: str) -> str:
-    from store.db import make_engine, make_session_factory, transaction
-    from store.keys import create_api_key
+    from twofold.store.db import make_engine, make_session_factory, transaction
+    from twofold.store.keys import create_api_key
 
     engine = make_engine(database_url)
     try:
@@ -70,7 +70,7 @@ def start_server(root: Path, **settings: str) -> ApiServer:
     log_path = root / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", "from cli.main import cli; cli()", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-c", "from twofold.cli.main import cli; cli()", "serve", "--host", "127.0.0.1",
              "--port", str(port), "--migrate", "--log-level", "warning"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

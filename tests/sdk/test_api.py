@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-import twofold_client as tc
-from twofold_client.types import STAGES
 
+import twofold_client as tc
 from tests.sdk.servers import ApiServer, TcpRelay
+from twofold_client.types import STAGES
 
 pytestmark = pytest.mark.slow
 

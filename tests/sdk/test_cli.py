@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import twofold_client as tc
 import yaml
 from click.testing import CliRunner, Result
 
-from cli.main import cli
+import twofold_client as tc
 from tests.sdk.servers import ApiServer
+from twofold.cli.main import cli
 
 pytestmark = pytest.mark.slow
 

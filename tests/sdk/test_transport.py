@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+
 import twofold_client as tc
+from tests.sdk.loopback import LoopbackServer, Reply, Seen
 from twofold_client._archive import safe_extract
 from twofold_client._base_client import retry_delay
-
-from tests.sdk.loopback import LoopbackServer, Reply, Seen
 
 
 def _client(url: str, **kw: object) -> tc.Client:

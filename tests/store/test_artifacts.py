@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from store.artifacts import ArtifactPathError, ArtifactStore, dir_digest
+from twofold.store.artifacts import ArtifactPathError, ArtifactStore, dir_digest
 
 
 def _tree(root: Path) -> Path:

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from store import jobs as ops
-from store.keys import create_api_key, find_key, hash_key
-from store.models import Event, Job, StageRun, TeacherSampleRow, Tenant, utcnow
-from store.stages import STAGES
+from twofold.store import jobs as ops
+from twofold.store.keys import create_api_key, find_key, hash_key
+from twofold.store.models import Event, Job, StageRun, TeacherSampleRow, Tenant, utcnow
+from twofold.store.stages import STAGES
 
 pytestmark = pytest.mark.services
 SPEC = {

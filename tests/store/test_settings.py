@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from store.settings import Settings
+from twofold.store.settings import Settings
 
 
 def test_reads_twofold_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,8 @@ import openai
 import pytest
 from click.testing import CliRunner
 
-from cli.teacher import teacher
-from core.models import build_tiny, generate, save_hf
+from twofold.cli.teacher import teacher
+from twofold.core.models import build_tiny, generate, save_hf
 
 PROMPTS = ["Q: Ana has 7 pens. She gets 5 more. How many pens now?\nA:", "Q: 2+3?\nA:"]
 

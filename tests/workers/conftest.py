@@ -18,10 +18,10 @@ import httpx
 import pytest
 import redis
 
-from store.testing import REDIS_URL, free_port, require, temp_schema
+from twofold.store.testing import REDIS_URL, free_port, require, temp_schema
 
 REPO = Path(__file__).resolve().parents[2]
-TWOFOLD = [sys.executable, "-c", "from cli.main import cli; cli()"]
+TWOFOLD = [sys.executable, "-c", "from twofold.cli.main import cli; cli()"]
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 

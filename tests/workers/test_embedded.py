@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from store.testing import free_port
+from twofold.store.testing import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from cli.main import cli; cli()", "serve", "--port", str(port), "--log-level", "warning"],
+            [sys.executable, "-c", "from twofold.cli.main import cli; cli()", "serve", "--port", str(port), "--log-level", "warning"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + 60
@@ -55,7 +55,7 @@ def test_embedded_server_survives_a_kill_mid_job(tmp_path: Path, tiny_teacher_ur
     port, log = free_port(), tmp_path / "serve.log"
     proc = _serve(env, port, log)  # migrates the SQLite database on its own
     key = subprocess.run(
-        [sys.executable, "-c", "from cli.main import cli; cli()", "apikey", "create", "--tenant", "solo"],
+        [sys.executable, "-c", "from twofold.cli.main import cli; cli()", "apikey", "create", "--tenant", "solo"],
         cwd=REPO, env=env, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     api = httpx.Client(

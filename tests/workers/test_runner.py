@@ -15,15 +15,15 @@ import httpx
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from core.presets import preset_spec
-from store import jobs as ops
-from store.artifacts import ArtifactStore
-from store.db import make_session_factory, transaction
-from store.dispatch import NullDispatcher
-from store.models import Event, Job, StageRun, TeacherSampleRow, Tenant, utcnow
-from store.settings import Settings
-from store.testing import free_port, pg_engine, pg_url  # noqa: F401  (fixtures)
-from workers.runner import Runtime, StageRunner
+from twofold.core.presets import preset_spec
+from twofold.store import jobs as ops
+from twofold.store.artifacts import ArtifactStore
+from twofold.store.db import make_session_factory, transaction
+from twofold.store.dispatch import NullDispatcher
+from twofold.store.models import Event, Job, StageRun, TeacherSampleRow, Tenant, utcnow
+from twofold.store.settings import Settings
+from twofold.store.testing import free_port, pg_engine, pg_url  # noqa: F401  (fixtures)
+from twofold.workers.runner import Runtime, StageRunner
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -59,7 +59,7 @@ def _job(rt: Runtime, teacher_url: str, **sections: dict[str, Any]) -> tuple[uui
         tenant = Tenant(name=f"runner-{uuid.uuid4().hex[:8]}")
         s.add(tenant)
         s.flush()
-        from core.configs import JobSpec
+        from twofold.core.configs import JobSpec
 
         job = ops.create_job(
             s,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from core.pipeline import STAGE_QUEUE as CORE_QUEUES
-from core.pipeline import STAGES as CORE_STAGES
-from store.stages import STAGE_QUEUE, STAGES, task_name
-from workers import tasks
+from twofold.core.pipeline import STAGE_QUEUE as CORE_QUEUES
+from twofold.core.pipeline import STAGES as CORE_STAGES
+from twofold.store.stages import STAGE_QUEUE, STAGES, task_name
+from twofold.workers import tasks
 
 
 def test_stages_and_queues_match_the_pipeline() -> None:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-from core.configs import RLConfig
-from core.models import build_tiny
-from core.records import NullCallbacks
-from core.tasks import Item
+from twofold.core.configs import RLConfig
+from twofold.core.models import build_tiny
+from twofold.core.records import NullCallbacks
+from twofold.core.tasks import Item
 
 
 @pytest.fixture(autouse=True)
@@ -122,8 +122,8 @@ class Toy:
     ) -> tuple[Any, dict[str, Any]]:
         """Run ``algo``'s trainer on the toy items (a fresh micro model unless ``model`` is given); ``kw`` go to
         the trainer, except config fields, which go to :func:`toy_config`. Returns the model and the summary."""
-        from core.rl.grpo import train_grpo
-        from core.rl.ppo import train_ppo
+        from twofold.core.rl.grpo import train_grpo
+        from twofold.core.rl.ppo import train_ppo
 
         trainer = {"ppo": train_ppo, "grpo": train_grpo}[algo]
         fields = {k: kw.pop(k) for k in list(kw) if k in RLConfig.__dataclass_fields__}

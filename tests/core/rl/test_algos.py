@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from core.rl import algos
+from twofold.core.rl import algos
 
 T = torch.tensor
 

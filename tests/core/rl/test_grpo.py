@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from core.configs import RLConfig
-from core.rl.grpo import train_grpo
+from twofold.core.configs import RLConfig
+from twofold.core.rl.grpo import train_grpo
 
 
 def test_grpo_equal_rewards_in_a_group_give_zero_advantage(toy: Any) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from core.models import build_reward_model
-from core.rl.ppo import build_critic, completion_values
+from twofold.core.models import build_reward_model
+from twofold.core.rl.ppo import build_critic, completion_values
 
 
 def test_ppo_critic_learns_a_constant_reward_and_leaves_critic_init_alone(toy: Any) -> None:

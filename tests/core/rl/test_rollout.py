@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from core.records import Cancelled
-from core.rl.rollout import DataCursor, completion_logprobs, load_state, rollout, save_state
+from twofold.core.records import Cancelled
+from twofold.core.rl.rollout import DataCursor, completion_logprobs, load_state, rollout, save_state
 
 
 def test_completion_logprobs_ignore_left_padding(toy: Any) -> None:

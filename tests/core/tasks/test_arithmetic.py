@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from core.tasks import arithmetic
+from twofold.core.tasks import arithmetic
 
 
 def test_same_seed_gives_the_same_problems_and_another_seed_does_not() -> None:

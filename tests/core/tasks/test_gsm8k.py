@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.tasks import Item, gsm8k
+from twofold.core.tasks import Item, gsm8k
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.tasks import mmlu_pro
+from twofold.core.tasks import mmlu_pro
 
 TOTAL = 12032
 
