@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from types import ModuleType
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from twofold.core.models import generate_batched
 from twofold.core.records import EvalResult
-from twofold.core.tasks import EXTRACTION_VERSION, Item
+from twofold.core.tasks import Item, Task
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -29,7 +28,7 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
 
 
 def score_texts(
-    model_name: str, benchmark: str, task: ModuleType, items: Sequence[Item], texts: Sequence[str]
+    model_name: str, benchmark: str, task: Task, items: Sequence[Item], texts: Sequence[str]
 ) -> EvalResult:
     """Score already generated answers ``texts`` (one per item) with the task's extraction rules."""
     rows, correct = [], 0
@@ -45,7 +44,7 @@ def score_texts(
         correct / n if n else 0.0,
         wilson_interval(correct, n),
         n,
-        EXTRACTION_VERSION,
+        task.extraction_version,
         rows,
     )
 
@@ -54,7 +53,7 @@ def evaluate_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence[Item],
-    task: ModuleType,
+    task: Task,
     *,
     model_name: str,
     benchmark: str,
@@ -70,7 +69,7 @@ def evaluate_model(
 def evaluate_endpoint(
     greedy: Callable[[list[str]], list[str]],
     items: Sequence[Item],
-    task: ModuleType,
+    task: Task,
     *,
     model_name: str,
     benchmark: str,

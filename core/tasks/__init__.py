@@ -1,32 +1,25 @@
-"""Benchmark tasks. Each module offers ``load``, ``build_prompt``, ``extract_answer`` and ``is_correct``."""
+"""Benchmark tasks: one module per task, each implementing :class:`Task` (``load``, ``build_prompt``,
+``extract_answer``, ``is_correct`` and a few facts about itself).
+
+:data:`TASKS` is the one list of task names: job specs (``data.task``), their validation and the service's
+built-in datasets all read it. To add a task, write its module (``gsm8k.py`` is the model) and list it here.
+Torch-free: the API validates specs against this list.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any
+from twofold.core.tasks import arithmetic, custom, gsm8k, mmlu_pro
+from twofold.core.tasks.base import Item, Source, Task
 
-#: Bump when any extraction rule changes; every score records it.
-EXTRACTION_VERSION = "1"
+__all__ = ["TASKS", "Item", "Source", "Task", "get_task"]
 
-
-@dataclass(frozen=True)
-class Item:
-    """One question. ``answer`` is the gold final answer (None for unlabelled data); ``solution`` is a gold
-    worked solution where the source has one (used only to train the demo's teacher)."""
-
-    id: str
-    question: str
-    answer: str | None = None
-    solution: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+_ALL: tuple[Task, ...] = (arithmetic, gsm8k, mmlu_pro, custom)
+#: Task name -> task module.
+TASKS: dict[str, Task] = {task.name: task for task in _ALL}
 
 
-def get_task(name: str) -> ModuleType:
-    """The task module for ``name`` (arithmetic, gsm8k, mmlu_pro, custom)."""
-    from twofold.core.tasks import arithmetic, custom, gsm8k, mmlu_pro
-
-    tasks = {"arithmetic": arithmetic, "gsm8k": gsm8k, "mmlu_pro": mmlu_pro, "custom": custom}
-    if name not in tasks:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(tasks)}")
-    return tasks[name]
+def get_task(name: str) -> Task:
+    """The task called ``name``; ValueError listing the known names otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]

@@ -9,9 +9,19 @@ skipped, so test accuracy is never on a seen question. Extraction and scoring ar
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
-from twofold.core.tasks import Item
-from twofold.core.tasks.gsm8k import build_prompt, extract_answer, is_correct  # noqa: F401  (same rules)
+from twofold.core.tasks.base import Item, Source, check_split_and_size
+from twofold.core.tasks.gsm8k import (  # noqa: F401  (GSM8K's prompt and rules)
+    build_prompt,
+    extract_answer,
+    extraction_version,
+    is_correct,
+)
+
+name = "arithmetic"
+source: Source = "generated"
+gold = True
 
 NAMES = ["Ana", "Ben", "Cy", "Dee", "Eli", "Fay", "Gus", "Ivy", "Jo", "Kim", "Lu", "Max", "Ned", "Oz", "Pam"]
 THINGS = ["pens", "cards", "eggs", "coins", "books", "apples", "shells", "stamps", "marbles", "cups"]
@@ -19,10 +29,12 @@ MAX_VALUE = 99  # no running total ever exceeds this
 MAX_OPERAND = 19  # operands run 1..19, so steps carry and borrow across the tens
 MAX_START = 50
 STEPS = (3, 4)
+DEFAULT_SIZES = {"train": 2000, "test": 1000}
+MAX_SIZE = 1_000_000  # far below the number of distinct problems, so generation always ends
 
 
 def _problem(rng: random.Random) -> tuple[str, str, int]:
-    name = rng.choice(NAMES)
+    person = rng.choice(NAMES)
     thing = rng.choice(THINGS)
     value = start = rng.randint(2, MAX_START)
     clauses, steps = [], []
@@ -37,14 +49,17 @@ def _problem(rng: random.Random) -> tuple[str, str, int]:
         clauses.append(clause)
         steps.append(f"{value}{op}{b}={new}.")
         value = new
-    question = f"{name} has {start} {thing}, {', '.join(clauses)}. How many {thing}?"
+    question = f"{person} has {start} {thing}, {', '.join(clauses)}. How many {thing}?"
     return question, " ".join(steps) + f" #### {value}", value
 
 
-def load(split: str = "train", *, size: int = 1000, seed: int = 0) -> list[Item]:
-    """``size`` problems for ``split`` (train and test draw from different seeds and never share a question)."""
-    if split not in ("train", "test"):
-        raise ValueError("split must be 'train' or 'test'")
+def load(split: str, *, path: str | Path | None = None, size: int = 0, seed: int = 0) -> list[Item]:
+    """``size`` problems for ``split`` (0: :data:`DEFAULT_SIZES`); train and test draw from different seeds and
+    never share a question. ``path`` is unused: the problems are generated."""
+    check_split_and_size(name, split, size)
+    if size > MAX_SIZE:
+        raise ValueError(f"{name}: size must be <= {MAX_SIZE:,}, got {size:,}")
+    size = size or DEFAULT_SIZES[split]
     rng = random.Random(f"arith-{split}-{seed}")
     seen: set[str] = set()
     if split == "test":

@@ -1,18 +1,29 @@
 """GSM8K: grade-school maths, answers as a number after ``####``.
 
-Extraction (version :data:`core.tasks.EXTRACTION_VERSION`): the number after the first ``####``; else after
+Extraction (version :data:`extraction_version`): the number after the first ``####``; else after
 "The answer is"; else the last number in the text. ``$``, thousands commas and a trailing ``.`` are stripped, and
 numbers are normalised so ``18``, ``18.0`` and ``18.00`` compare equal.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from twofold.core.tasks import Item
+from twofold.core.tasks.base import (
+    Item,
+    Source,
+    check_split_and_size,
+    read_jsonl,
+    require_field,
+    require_path,
+)
+
+name = "gsm8k"
+extraction_version = "1"
+source: Source = "directory"
+gold = True
 
 _NUM = r"-?[$]?\s*[0-9][0-9,]*(?:\.[0-9]+)?|-?[$]?\.[0-9]+"
 _AFTER_HASH = re.compile(r"####\s*(" + _NUM + ")")
@@ -21,24 +32,26 @@ _ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is[:\s]*(" + _NUM + ")")
 _ANY_NUM = re.compile(r"(?:(?<![0-9A-Za-z)])-)?[$]?(?:[0-9][0-9,]*(?:\.[0-9]+)?|\.[0-9]+)")
 
 
-def load(path: str | Path, split: str = "train") -> list[Item]:
-    """Read ``{path}/{split}.jsonl`` (fields ``question``, ``answer`` with the worked solution)."""
-    file = Path(path) / f"{split}.jsonl"
+def load(split: str, *, path: str | Path | None = None, size: int = 0, seed: int = 0) -> list[Item]:
+    """Read ``{path}/{split}.jsonl`` (fields ``question``, and ``answer`` with the worked solution), in file
+    order; ``size`` > 0 keeps the first ``size``. ``seed`` is unused: GSM8K ships its own split."""
+    check_split_and_size(name, split, size)
+    file = require_path(name, path) / f"{split}.jsonl"
     if not file.exists():
         raise FileNotFoundError(f"{file}: no GSM8K {split} split there")
-    items = []
-    with file.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            row = json.loads(line)
-            solution = row["answer"]
-            items.append(
-                Item(
-                    id=f"gsm8k-{split}-{i}",
-                    question=row["question"],
-                    answer=extract_answer(solution),
-                    solution=_clean_solution(solution),
-                )
+    items: list[Item] = []
+    for number, row in read_jsonl(file):
+        solution = require_field(row, "answer", file, number)
+        items.append(
+            Item(
+                id=f"gsm8k-{split}-{len(items)}",
+                question=require_field(row, "question", file, number),
+                answer=extract_answer(solution),
+                solution=_clean_solution(solution),
             )
+        )
+        if len(items) == size:
+            break
     return items
 
 

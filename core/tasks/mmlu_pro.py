@@ -1,26 +1,39 @@
 """MMLU-Pro: ten-option multiple choice; the answer is a letter A-J.
 
-MMLU-Pro ships only a test split (12,032 questions). ``load(path, split)`` makes a seeded, category-stratified
+MMLU-Pro ships only a test split (12,032 questions). ``load(split, path=...)`` makes a seeded, category-stratified
 80/20 split of it: within each category, questions are shuffled with ``random.Random(f"{seed}-{category}")`` and
 the first 80% (rounded down) are ``train``, the rest ``test``. The split is stable across runs and machines.
 
-Extraction (version :data:`core.tasks.EXTRACTION_VERSION`), first match wins: "answer is (X)" / "answer is X" /
+Extraction (version :data:`extraction_version`), first match wins: "answer is (X)" / "answer is X" /
 "answer: X" (a lower-case letter only when in parentheses or ``**`` bold); then a final "(X)"; then a lone
 letter as the whole reply.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-from twofold.core.tasks import Item
+from twofold.core.tasks.base import (
+    Item,
+    Source,
+    check_split_and_size,
+    read_jsonl,
+    require_field,
+    require_path,
+)
+
+name = "mmlu_pro"
+extraction_version = "1"
+source: Source = "directory"
+gold = True
 
 LETTERS = "ABCDEFGHIJ"
 TRAIN_FRACTION = 0.8
+_FIELDS = ("question_id", "category", "question", "options", "answer")
 # A lower-case letter counts only when marked, "(c)" or "**c**": a bare one is usually the article, as in
 # "the answer is a ...".
 _CHOICE = r"(?:\*\*\(?([A-J])\)?\*\*|\(([A-J])\)|\**\(?(?-i:([A-J])))(?![A-Za-z])"
@@ -32,18 +45,18 @@ _PAREN = re.compile(r"\(([A-J])\)")
 _LONE = re.compile(r"^\s*\(?([A-J])\)?[.\s]*$")
 
 
-def load(path: str | Path, split: str = "train", *, seed: int = 0) -> list[Item]:
-    """Read ``{path}/test.jsonl`` and return the ``train`` or ``test`` side of the stratified split."""
-    if split not in ("train", "test"):
-        raise ValueError("split must be 'train' or 'test' (made from MMLU-Pro's single test split)")
-    file = Path(path) / "test.jsonl"
+def load(split: str, *, path: str | Path | None = None, size: int = 0, seed: int = 0) -> list[Item]:
+    """Read ``{path}/test.jsonl`` and return the ``train`` or ``test`` side of the stratified split, category by
+    category in name order; ``size`` > 0 keeps the first ``size``."""
+    check_split_and_size(name, split, size)
+    file = require_path(name, path) / "test.jsonl"
     if not file.exists():
         raise FileNotFoundError(f"{file}: no MMLU-Pro data there")
-    by_cat: dict[str, list[dict]] = defaultdict(list)
-    with file.open(encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            by_cat[row["category"]].append(row)
+    by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for number, row in read_jsonl(file):
+        for key in _FIELDS:
+            require_field(row, key, file, number)
+        by_cat[row["category"]].append(row)
     out: list[Item] = []
     for cat in sorted(by_cat):
         rows = sorted(by_cat[cat], key=lambda r: r["question_id"])
@@ -59,10 +72,10 @@ def load(path: str | Path, split: str = "train", *, seed: int = 0) -> list[Item]
                     meta={"category": cat},
                 )
             )
-    return out
+    return out[:size] if size else out
 
 
-def _format_question(row: dict) -> str:
+def _format_question(row: dict[str, Any]) -> str:
     options = "\n".join(f"({LETTERS[i]}) {opt}" for i, opt in enumerate(row["options"]))
     return f"{row['question']}\n{options}"
 

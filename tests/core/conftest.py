@@ -1,7 +1,8 @@
 """Fixtures for the core tests: where the real GSM8K and MMLU-Pro files are.
 
 The data root is ``$TWOFOLD_DATA_DIR`` when set, else the ``shared/data`` folder next to the repository
-(``<repo>/../shared/data``). Tests that need a dataset skip, saying where they looked, when it is absent.
+(``<repo>/../shared/data``). Tests that need a dataset skip, saying where they looked, when it is absent;
+under ``CI=true`` they fail instead.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ def _dataset(name: str, *files: str) -> Path:
     path = data_root() / name
     missing = [f for f in files if not (path / f).exists()]
     if missing:
-        pytest.skip(
+        message = (
             f"{name} data not found at {path} (missing {', '.join(missing)}); "
             "set TWOFOLD_DATA_DIR to the folder holding gsm8k/ and mmlu_pro/"
         )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 

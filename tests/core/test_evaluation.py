@@ -8,7 +8,7 @@ import pytest
 
 from twofold.core.evaluation import evaluate_endpoint, evaluate_model, score_texts, wilson_interval
 from twofold.core.models import build_tiny
-from twofold.core.tasks import EXTRACTION_VERSION, Item, gsm8k, mmlu_pro
+from twofold.core.tasks import Item, gsm8k, mmlu_pro
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,7 +51,9 @@ def test_score_texts_counts_correct_answers_and_keeps_every_item() -> None:
     res = score_texts("sft", "gsm8k", gsm8k, items, texts)
     assert res.n == 4 and res.accuracy == 0.5
     assert res.ci95 == wilson_interval(2, 4)
-    assert res.extraction_version == EXTRACTION_VERSION and res.model == "sft" and res.benchmark == "gsm8k"
+    assert (
+        res.extraction_version == gsm8k.extraction_version and res.model == "sft" and res.benchmark == "gsm8k"
+    )
     assert [r["correct"] for r in res.items] == [True, False, True, False]
     assert [r["pred"] for r in res.items] == ["12", "8", "1000", None]
     assert res.items[1] == {"id": "b", "gold": "7", "pred": "8", "correct": False, "text": "The answer is 8."}

@@ -12,7 +12,7 @@ from twofold.core.tasks import Item, gsm8k
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_every_gold_solution_extracts_to_its_own_answer(gsm8k_dir: Path, split: str) -> None:
-    items = gsm8k.load(gsm8k_dir, split)
+    items = gsm8k.load(split, path=gsm8k_dir)
     raw = [json.loads(line)["answer"] for line in (gsm8k_dir / f"{split}.jsonl").open(encoding="utf-8")]
     assert len(items) == len(raw) > 1000
     for item, solution in zip(items, raw, strict=True):
@@ -27,7 +27,7 @@ def test_every_gold_solution_extracts_to_its_own_answer(gsm8k_dir: Path, split: 
 
 def test_load_names_the_missing_split(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="test.jsonl"):
-        gsm8k.load(tmp_path, "test")
+        gsm8k.load("test", path=tmp_path)
 
 
 @pytest.mark.parametrize(

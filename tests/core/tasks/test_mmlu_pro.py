@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from twofold.core.tasks import mmlu_pro
+from twofold.core.tasks import Item, mmlu_pro
 
 TOTAL = 12032
 
@@ -20,8 +20,8 @@ def raw_rows(mmlu_pro_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def split(mmlu_pro_dir: Path) -> dict[str, list[mmlu_pro.Item]]:
-    return {s: mmlu_pro.load(mmlu_pro_dir, s) for s in ("train", "test")}
+def split(mmlu_pro_dir: Path) -> dict[str, list[Item]]:
+    return {s: mmlu_pro.load(s, path=mmlu_pro_dir) for s in ("train", "test")}
 
 
 def test_split_is_disjoint_and_covers_every_question(raw_rows: list[dict], split: dict) -> None:
@@ -45,9 +45,9 @@ def test_split_is_80_20_within_every_category(raw_rows: list[dict], split: dict)
 
 
 def test_split_is_deterministic_and_seeded(mmlu_pro_dir: Path, split: dict) -> None:
-    again = mmlu_pro.load(mmlu_pro_dir, "test")
+    again = mmlu_pro.load("test", path=mmlu_pro_dir)
     assert [it.id for it in again] == [it.id for it in split["test"]]
-    other_seed = mmlu_pro.load(mmlu_pro_dir, "test", seed=1)
+    other_seed = mmlu_pro.load("test", path=mmlu_pro_dir, seed=1)
     assert {it.id for it in other_seed} != {it.id for it in split["test"]}
     assert len(other_seed) == len(split["test"])  # stratified sizes do not depend on the seed
 
@@ -66,7 +66,7 @@ def test_items_carry_gold_letters_and_lettered_options(raw_rows: list[dict], spl
 
 def test_unknown_split_is_rejected(mmlu_pro_dir: Path) -> None:
     with pytest.raises(ValueError, match="split"):
-        mmlu_pro.load(mmlu_pro_dir, "validation")
+        mmlu_pro.load("validation", path=mmlu_pro_dir)
 
 
 @pytest.mark.parametrize(
