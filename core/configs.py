@@ -8,18 +8,22 @@ same classes, so this module must stay importable without torch.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-TaskName = Literal["arithmetic", "gsm8k", "mmlu_pro", "custom"]
+from twofold.core.tasks import TASKS, Source
+
 RewardSource = Literal["reward_model", "pseudo_label", "gold"]
 RLAlgo = Literal["ppo", "grpo"]
 
-#: Tasks whose items carry a gold answer that the ``gold`` reward control and accuracy reports can use.
-TASKS_WITH_GOLD = frozenset({"arithmetic", "gsm8k", "mmlu_pro"})
 TINY_PRESETS = ("tiny-teacher", "tiny-student", "micro")
+#: Names of stage runs (``rl``, a variant's ``rl_gold``) and of the workspace checkpoints they write: they name
+#: directories and fill the service's 32-character name columns.
+RUN_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_EVAL_MODELS = 16
 
 
 class ConfigError(ValueError):
@@ -40,13 +44,53 @@ def _check(cond: bool, param: str, message: str) -> None:
         raise ConfigError(param, message)
 
 
+#: Bounds on the training-loop options every training stage has.
+MAX_GRAD_ACCUMULATION = 1024
+MAX_GRAD_NORM = 1e4
+MAX_SAVE_EVERY = 1_000_000
+MAX_GRAD_NORM_HELP = "clip the gradient's global norm to this before each optimiser step"
+SAVE_EVERY_HELP = (
+    "write resumable state (weights, optimisers, RNG, data cursor) every N steps and at the end; 0 = only at "
+    "the end"
+)
+
+
+def _check_loop(
+    section: str, accumulation: int, batch_size: int, max_grad_norm: float, save_every: int
+) -> None:
+    """The shared checks of ``gradient_accumulation_steps``, ``max_grad_norm`` and ``save_every``."""
+    _check(
+        1 <= accumulation <= min(batch_size, MAX_GRAD_ACCUMULATION),
+        f"{section}.gradient_accumulation_steps",
+        f"must be in [1, {min(batch_size, MAX_GRAD_ACCUMULATION)}]: each micro-batch needs at least one "
+        f"sequence of the {batch_size} per step, and at most {MAX_GRAD_ACCUMULATION} micro-batches",
+    )
+    _check(
+        0 < max_grad_norm <= MAX_GRAD_NORM,
+        f"{section}.max_grad_norm",
+        f"must be in (0, {MAX_GRAD_NORM:g}]",
+    )
+    _check(
+        0 <= save_every <= MAX_SAVE_EVERY,
+        f"{section}.save_every",
+        f"must be in [0, {MAX_SAVE_EVERY}] (0 saves only at the end)",
+    )
+
+
+def _tasks_reading(source: Source) -> str:
+    """The names of the tasks whose questions come from ``source``, for the help texts."""
+    return ", ".join(name for name, task in TASKS.items() if task.source == source)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which questions to distil on and which to evaluate on."""
 
-    task: TaskName = _help("arithmetic | gsm8k | mmlu_pro | custom (a JSONL dataset)", default="arithmetic")
+    task: str = _help(f"one of {' | '.join(TASKS)}", default="arithmetic")
     path: str | None = _help(
-        "data directory (gsm8k, mmlu_pro) or JSONL file (custom); unused by arithmetic", default=None
+        f"data directory ({_tasks_reading('directory')}) or JSONL file ({_tasks_reading('file')}); "
+        f"unused by {_tasks_reading('generated')}",
+        default=None,
     )
     train_size: int = _help("training questions to use (0 = all available)", default=2000)
     test_size: int = _help("held-out questions to evaluate on (0 = all available)", default=500)
@@ -56,13 +100,14 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.train_size >= 0, "data.train_size", "must be >= 0")
         _check(self.test_size >= 0, "data.test_size", "must be >= 0")
-        if self.task in ("gsm8k", "mmlu_pro", "custom"):
+        _check(self.task in TASKS, "data.task", f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
+        if TASKS[self.task].source != "generated":
             _check(self.path is not None, "data.path", f"task {self.task!r} needs a data path")
 
     @property
     def gold_available(self) -> bool:
         """Whether items carry gold answers (never used for training except by the `gold` control)."""
-        return self.task in TASKS_WITH_GOLD or self.has_gold
+        return TASKS[self.task].gold or self.has_gold
 
 
 @dataclass(frozen=True)
@@ -117,6 +162,11 @@ class TeacherConfig:
             "teacher.base_url",
             "must start with http(s)://",
         )
+        _check(
+            "?" not in self.base_url and "#" not in self.base_url,
+            "teacher.base_url",
+            "must not contain '?' or '#' (the client appends paths such as /models to it)",
+        )
         _check(bool(self.model), "teacher.model", "is required")
         _check(len(self.temperatures) > 0, "teacher.temperatures", "give at least one temperature")
         _check(
@@ -157,6 +207,13 @@ class SFTConfig:
     patience: int = _help(
         "stop after this many checks in a row without a higher agreement (0 = train every epoch)", default=0
     )
+    gradient_accumulation_steps: int = _help(
+        "micro-batches per optimiser step: a step's batch_size sequences are split into this many, each run "
+        "forward and backward on its own (less memory), their gradients adding up to the whole step's",
+        default=1,
+    )
+    max_grad_norm: float = _help(MAX_GRAD_NORM_HELP, default=1.0)
+    save_every: int = _help(SAVE_EVERY_HELP, default=50)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "sft.epochs", "must be > 0")
@@ -166,6 +223,9 @@ class SFTConfig:
         _check(self.holdout_questions >= 0, "sft.holdout_questions", "must be >= 0")
         _check(self.check_every >= 1, "sft.check_every", "must be >= 1")
         _check(self.patience >= 0, "sft.patience", "must be >= 0")
+        _check_loop(
+            "sft", self.gradient_accumulation_steps, self.batch_size, self.max_grad_norm, self.save_every
+        )
         _check(
             self.patience == 0 or self.holdout_questions > 0,
             "sft.patience",
@@ -221,6 +281,14 @@ class RewardModelConfig:
     batch_size: int = _help("responses per step", default=64)
     max_length: int = _help("tokens per prompt + response", default=256)
     holdout_fraction: float = _help("share of questions held out to report accuracy", default=0.1)
+    gradient_accumulation_steps: int = _help(
+        "micro-batches per optimiser step: a step's questions are split into this many (fewer when a step has "
+        "fewer questions), each run forward and backward on its own (less memory), their gradients adding up "
+        "to the whole step's",
+        default=1,
+    )
+    max_grad_norm: float = _help(MAX_GRAD_NORM_HELP, default=1.0)
+    save_every: int = _help(SAVE_EVERY_HELP, default=50)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "reward_model.epochs", "must be > 0")
@@ -228,6 +296,13 @@ class RewardModelConfig:
         _check(self.batch_size >= 2, "reward_model.batch_size", "must be >= 2")
         _check(0.0 <= self.holdout_fraction < 1.0, "reward_model.holdout_fraction", "must be in [0, 1)")
         _check(self.beta > 0, "reward_model.beta", "must be > 0")
+        _check_loop(
+            "reward_model",
+            self.gradient_accumulation_steps,
+            self.batch_size,
+            self.max_grad_norm,
+            self.save_every,
+        )
         if self.kind == "implicit":
             _check(
                 self.init == "sft",
@@ -250,6 +325,12 @@ class RLConfig:
     samples_per_prompt: int = _help("responses per prompt (GRPO groups; 1 is usual for PPO)", default=1)
     ppo_epochs: int = _help("passes over each rollout batch", default=2)
     mini_batch_size: int = _help("sequences per gradient step within a rollout batch", default=32)
+    gradient_accumulation_steps: int = _help(
+        "micro-batches per gradient step: a mini-batch is split into this many (it must divide "
+        "mini_batch_size), each run forward and backward on its own (less memory), their gradients adding up "
+        "to the mini-batch's",
+        default=1,
+    )
     lr: float = _help("policy learning rate", default=5e-4)
     value_lr: float = _help("value-head learning rate (PPO)", default=1e-3)
     clip_range: float = _help("policy ratio clip epsilon", default=0.2)
@@ -262,19 +343,14 @@ class RLConfig:
     max_new_tokens: int = _help("max tokens per rollout response", default=128)
     reward_scale: float = _help("multiply rewards by this", default=1.0)
     whiten_rewards: bool = _help("normalise rewards per batch (PPO)", default=False)
-    max_grad_norm: float = _help("gradient clipping", default=1.0)
+    max_grad_norm: float = _help(MAX_GRAD_NORM_HELP, default=1.0)
     eval_every: int = _help("score a validation slice every N steps (0 = never)", default=0)
-    save_every: int = _help(
-        "write resumable state (weights, optimisers, RNG, data cursor) every N steps; 0 = only at the end",
-        default=25,
-    )
+    save_every: int = _help(SAVE_EVERY_HELP, default=25)
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "rl.steps", "must be >= 0")
-        _check(self.save_every >= 0, "rl.save_every", "must be >= 0 (0 saves only at the end)")
         _check(self.max_new_tokens >= 1, "rl.max_new_tokens", "must be >= 1")
         _check(self.value_lr > 0, "rl.value_lr", "must be > 0")
-        _check(self.max_grad_norm > 0, "rl.max_grad_norm", "must be > 0")
         _check(self.batch_size >= 1, "rl.batch_size", "must be >= 1")
         _check(self.samples_per_prompt >= 1, "rl.samples_per_prompt", "must be >= 1")
         _check(
@@ -295,6 +371,14 @@ class RLConfig:
                 "GRPO needs at least 2 samples per prompt to form a group baseline",
             )
         _check(self.ppo_epochs >= 1, "rl.ppo_epochs", "must be >= 1")
+        _check_loop(
+            "rl", self.gradient_accumulation_steps, self.mini_batch_size, self.max_grad_norm, self.save_every
+        )
+        _check(
+            self.mini_batch_size % self.gradient_accumulation_steps == 0,
+            "rl.gradient_accumulation_steps",
+            f"must divide rl.mini_batch_size ({self.mini_batch_size}) so every micro-batch has the same size",
+        )
         _check(self.lr > 0, "rl.lr", "must be > 0")
         _check(self.kl_coef >= 0, "rl.kl_coef", "must be >= 0")
         _check(0 < self.clip_range < 1, "rl.clip_range", "must be in (0, 1)")
@@ -314,10 +398,29 @@ class EvalConfig:
     max_new_tokens: int = _help("max tokens per greedy answer", default=128)
     batch_size: int = _help("prompts per generation batch", default=128)
     evaluate_teacher: bool = _help("also score the teacher through its endpoint", default=True)
+    models: tuple[str, ...] = _help(
+        "workspace checkpoints to score, named by the stage run that wrote them (sft, rl, or a variant's name "
+        "such as rl_gold), scored in this order after the teacher",
+        default=("sft", "rl"),
+    )
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, "evaluation.max_new_tokens", "must be >= 1")
         _check(self.batch_size >= 1, "evaluation.batch_size", "must be >= 1")
+        _check(len(self.models) <= MAX_EVAL_MODELS, "evaluation.models", f"at most {MAX_EVAL_MODELS} names")
+        for i, name in enumerate(self.models):
+            _check(
+                isinstance(name, str) and RUN_NAME.fullmatch(name) is not None and name != "teacher",
+                f"evaluation.models[{i}]",
+                f"{name!r} is not a checkpoint name: lower-case letters, digits and _, starting with a letter, "
+                "at most 32 characters (the teacher is scored by evaluation.evaluate_teacher)",
+            )
+        _check(len(set(self.models)) == len(self.models), "evaluation.models", "names a checkpoint twice")
+        _check(
+            bool(self.models) or self.evaluate_teacher,
+            "evaluation.models",
+            "is empty and evaluation.evaluate_teacher is false: nothing would be scored",
+        )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,20 +35,21 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from twofold.core.configs import RewardModelConfig
-from twofold.core.records import Callbacks, Cancelled, Label
+from twofold.core.models import on_device
+from twofold.core.records import Callbacks, Label
 from twofold.core.rl.rollout import completion_logprobs
 from twofold.core.tasks import Item
 from twofold.core.training import (
+    DataCursor,
     Encoded,
+    Learner,
+    TrainLoop,
     cosine_lr,
     encode_pairs,
-    load_state,
-    rng_state,
-    save_state,
-    set_rng_state,
+    pack,
+    split_evenly,
 )
 
-SAVE_EVERY = 50
 META_FILE = "twofold_reward.json"
 
 
@@ -82,25 +82,6 @@ class RewardScorer:
         return self.beta * ((logp - ref_logp) * completion[:, plen:]).sum(1)  # (B,)
 
 
-def _question_batches(
-    qids: list[str], sizes: dict[str, int], batch_size: int, rng: random.Random
-) -> list[list[str]]:
-    order = list(qids)
-    rng.shuffle(order)
-    out: list[list[str]] = []
-    cur: list[str] = []
-    n = 0
-    for q in order:
-        cur.append(q)
-        n += sizes[q]
-        if n >= batch_size:
-            out.append(cur)
-            cur, n = [], 0
-    if cur:
-        out.append(cur)
-    return out
-
-
 def _pad_left(
     batch: list[Encoded], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -123,7 +104,7 @@ def _scores(rm: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch
     hidden = rm.base_model(
         input_ids=ids, attention_mask=mask, position_ids=pos
     ).last_hidden_state  # (B, L, H)
-    return rm.score(hidden[:, -1, :]).squeeze(-1).float()  # (B,)
+    return rm.get_submodule("score")(hidden[:, -1, :]).squeeze(-1).float()  # (B,)
 
 
 def bradley_terry_loss(
@@ -155,10 +136,14 @@ def train_reward_model(
     seed: int = 0,
     ref: PreTrainedModel | None = None,
 ) -> dict[str, Any]:
-    """Train ``rm`` in place; returns metrics incl. held-out ``accuracy`` and ``pairwise_accuracy``.
+    """Train ``rm`` in place on the shared :class:`~twofold.core.training.TrainLoop`; returns metrics incl.
+    held-out ``accuracy`` and ``pairwise_accuracy``.
 
     ``cfg.kind == "implicit"``: ``rm`` is a causal LM initialised from the SFT model and ``ref`` that SFT model,
     frozen (see the module docstring); ``scalar``: ``rm`` is a ``*ForSequenceClassification`` and ``ref`` unused.
+    A step takes whole questions until it holds ``cfg.batch_size`` responses, split by question into
+    ``cfg.gradient_accumulation_steps`` micro-batches; gradients are clipped to ``cfg.max_grad_norm``; the state
+    in ``state_dir`` is written every ``cfg.save_every`` steps, at the end and on cancellation.
     """
     scorer = RewardScorer(rm, cfg.kind, ref if cfg.kind == "implicit" else None, cfg.beta)
     by_id = {it.id: it for it in items}
@@ -180,53 +165,67 @@ def train_reward_model(
     random.Random(f"rm-holdout-{seed}").shuffle(qids)
     n_hold = int(len(qids) * cfg.holdout_fraction)
     hold_q, train_q = qids[:n_hold], qids[n_hold:]
-    sizes = {q: len(by_q[q]) for q in qids}
-    steps_per_epoch = len(_question_batches(train_q, sizes, cfg.batch_size, random.Random(0)))
+
+    def responses(q: int) -> int:
+        return len(by_q[train_q[q]])
+
+    # the step count is planned from one fixed shuffle; packing whole questions, an epoch may differ by a batch
+    order = list(range(len(train_q)))
+    random.Random(0).shuffle(order)
+    steps_per_epoch = sum(1 for _ in pack(order, cfg.batch_size, responses))
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0)
-    step = 0
-    state = load_state(state_dir)
-    if state is not None:
-        rm.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = state["step"]
-        set_rng_state(state["rng"])
+    learner = Learner(rm, torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=0.0), cfg.max_grad_norm)
+    cursor = DataCursor(len(train_q), seed)
+    loop = TrainLoop(
+        stage=stage,
+        kind=f"reward_model/{cfg.kind}",
+        total_steps=total,
+        callbacks=callbacks,
+        config=cfg,
+        learners={"reward_model": learner},
+        state_dir=state_dir,
+        cursor=cursor,
+        log_every=10,
+    )
+
+    def step(i: int) -> dict[str, float]:
+        questions = cursor.next_batch(cfg.batch_size, responses)
+        # split by question, so every (agreeing, disagreeing) pair of the batch stays inside one micro-batch
+        micro = [
+            [j for q in part for j in by_q[train_q[q]]]
+            for part in split_evenly(questions, cfg.gradient_accumulation_steps)
+        ]
+        totals = (sum(len(m) for m in micro), sum(_pair_count(labels, m) for m in micro))
+        learner.set_lr(cosine_lr(i, total, max(1, total // 20), cfg.lr))
+        stats, grad_norm = learner.step(
+            micro, lambda idx: _rm_loss(scorer, enc, labels, idx, totals, cfg, tokenizer.pad_token_id, device)
+        )
+        return {**stats, "grad_norm": grad_norm}
+
     rm.train()
-    start = time.monotonic()
-    while step < total:
-        epoch, offset = divmod(step, steps_per_epoch)
-        plan = _question_batches(train_q, sizes, cfg.batch_size, random.Random(f"{seed}-{epoch}"))
-        batch_idx = [i for q in plan[offset] for i in by_q[q]]
-        loss, metrics = _rm_loss(scorer, enc, labels, batch_idx, cfg, tokenizer.pad_token_id, device)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, total, max(1, total // 20), cfg.lr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if step % 10 == 0 or step == total:
-            callbacks.metrics(stage, step, metrics)
-            callbacks.progress(stage, step, total)
-        if callbacks.should_stop():  # every step: cancel must land within seconds
-            raise Cancelled(stage)
-        if state_dir is not None and step % SAVE_EVERY == 0 and step < total:
-            save_state(
-                state_dir,
-                {"model": rm.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": rng_state()},
-            )
+    result = loop.run(step)
     rm.eval()
-    result = evaluate_reward_model(
+    summary = evaluate_reward_model(
         scorer, enc, labels, [i for q in hold_q for i in by_q[q]], tokenizer.pad_token_id
     )
-    result.update(
-        steps=total,
+    summary.update(
+        steps=result.steps,
         train_questions=len(train_q),
         holdout_questions=len(hold_q),
-        seconds=round(time.monotonic() - start, 2),
+        resumed_from=result.resumed_from,
+        seconds=round(result.seconds, 2),
     )
-    callbacks.metrics(stage, total, {f"holdout_{k}": v for k, v in result.items() if isinstance(v, float)})
-    return result
+    callbacks.metrics(stage, total, {f"holdout_{k}": v for k, v in summary.items() if isinstance(v, float)})
+    return summary
+
+
+def _pair_count(labels: Sequence[Label], idx: list[int]) -> int:
+    """(agreeing, disagreeing) pairs of responses to the same question among ``idx``."""
+    pos: dict[str, int] = defaultdict(int)
+    neg: dict[str, int] = defaultdict(int)
+    for i in idx:
+        (pos if labels[i].label else neg)[labels[i].question_id] += 1
+    return sum(pos[q] * neg[q] for q in pos)
 
 
 def _rm_loss(
@@ -234,18 +233,23 @@ def _rm_loss(
     enc: list[Encoded],
     labels: Sequence[Label],
     idx: list[int],
+    totals: tuple[int, int],
     cfg: RewardModelConfig,
     pad_id: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of the micro-batch ``idx`` and its metrics, as its share of a batch of ``totals`` (responses,
+    pairs): BCE weighted by its responses, Bradley-Terry by its pairs, so the shares add up to the batch's."""
     ids, mask, completion = _pad_left([enc[i] for i in idx], pad_id, device)
     y = torch.tensor([float(labels[i].label) for i in idx], device=device)  # (B,)
     groups = torch.tensor([hash(labels[i].question_id) % (2**62) for i in idx], device=device)  # (B,)
     s = scorer(ids, mask, completion)
     bce = F.binary_cross_entropy_with_logits(s, y)
     bt, n_pairs = bradley_terry_loss(s, y, groups)
+    w_bce = len(idx) / totals[0]
+    bce, bt = bce * w_bce, bt * (n_pairs / totals[1] if totals[1] else 1.0)
     loss = {"bce": bce, "bradley_terry": bt, "both": bce + bt}[cfg.loss]
-    acc = float(((s > 0).float() == y).float().mean())
+    acc = float(((s > 0).float() == y).float().mean()) * w_bce
     return loss, {
         "loss": loss.item(),
         "bce": bce.item(),
@@ -350,7 +354,8 @@ def load_reward_scorer(
         rm = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
     else:
         rm = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
-    rm = rm.to(device).eval()
+    # transformers types PreTrainedModel.to as an unbound wrapper, which mypy cannot call
+    rm = on_device(rm, device).eval()
     return RewardScorer(
         rm,
         meta["kind"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,19 +18,19 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from twofold.core.configs import SFTConfig
 from twofold.core.labeling import agreeing_teacher_samples, kept_questions, votes_by_question
-from twofold.core.records import Callbacks, Cancelled, TeacherSample
+from twofold.core.records import Callbacks, TeacherSample
 from twofold.core.tasks import Item
 from twofold.core.training import (
+    DataCursor,
+    Learner,
+    RunningStats,
+    Stateful,
+    TrainLoop,
     collate,
     cosine_lr,
     encode_pairs,
-    load_state,
-    rng_state,
-    save_state,
-    set_rng_state,
+    split_evenly,
 )
-
-SAVE_EVERY = 50
 
 
 def train_causal_lm(
@@ -48,16 +47,18 @@ def train_causal_lm(
     stop_when: Callable[[int], bool] | None = None,
     stop_check_every: int = 25,
 ) -> dict[str, Any]:
-    """Train ``model`` in place on (prompt, completion) pairs; completion-only loss; resumable from
-    ``state_dir`` (weights, optimiser, step and RNG saved every :data:`SAVE_EVERY` steps).
+    """Train ``model`` in place on (prompt, completion) pairs with a completion-only loss, on the shared
+    :class:`~twofold.core.training.TrainLoop`: ``cfg.batch_size`` sequences per optimiser step in
+    ``cfg.gradient_accumulation_steps`` micro-batches, gradients clipped to ``cfg.max_grad_norm``, resumable
+    from ``state_dir`` (written every ``cfg.save_every`` steps, at the end and on cancellation).
 
-    ``stop_when(step)``, when given, is asked every ``stop_check_every`` steps (in eval mode, without grad) and
-    ends training early when it returns True; the LR schedule stays the one planned for all the steps. When it
-    has ``state_dict``/``load_state_dict`` (as :class:`AgreementCheck` has), its state is saved and resumed with
-    the rest.
+    ``stop_when(step)``, when given, is asked every ``stop_check_every`` steps before the last (in eval mode,
+    without grad) and ends training early when it returns True; the LR schedule stays the one planned for all
+    the steps. When it has ``state_dict``/``load_state_dict`` (as :class:`AgreementCheck` has), its state is
+    saved and resumed with the rest.
 
-    Returns ``{"steps" (steps taken), "planned_steps", "stopped_early", "examples", "first_loss", "final_loss",
-    "seconds"}``.
+    Returns ``{"steps" (steps taken), "planned_steps", "stopped_early", "examples", "first_loss", "final_loss"
+    (the loss's moving average), "resumed_from", "seconds"}``.
     """
     if not prompts:
         raise ValueError(f"{stage}: no training examples")
@@ -66,73 +67,69 @@ def train_causal_lm(
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    step, first_loss, ema = 0, None, None
-    state = load_state(state_dir)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, first_loss, ema = state["step"], state["first_loss"], state["ema"]
-        set_rng_state(state["rng"])
-        if state.get("stopper") is not None and hasattr(stop_when, "load_state_dict"):
-            stop_when.load_state_dict(state["stopper"])
-        callbacks.event(stage, "info", "resumed", f"{stage} resumed at step {step}/{total}", {"step": step})
+    learner = Learner(model, opt, cfg.max_grad_norm)
+    # each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches
+    cursor = DataCursor(len(data), seed)
+    losses = RunningStats(["loss"])
+    extra: dict[str, Stateful] = {"losses": losses}
+    if isinstance(stop_when, Stateful):
+        extra["stopper"] = stop_when
+    loop = TrainLoop(
+        stage=stage,
+        kind="causal_lm",
+        total_steps=total,
+        callbacks=callbacks,
+        config=cfg,
+        learners={"model": learner},
+        state_dir=state_dir,
+        cursor=cursor,
+        extra=extra,
+        log_every=10,
+    )
+
+    def step(i: int) -> dict[str, float]:
+        batch = cursor.next_batch(cfg.batch_size)
+        micro = [
+            collate([data[j] for j in part], tokenizer.pad_token_id, device)
+            for part in split_evenly(batch, cfg.gradient_accumulation_steps)
+        ]
+        # the model's loss is a mean over a micro-batch's label tokens; weighting it by its share of the
+        # batch's label tokens makes the accumulated gradient the whole batch's mean
+        tokens = [int((labels[:, 1:] != -100).sum()) for _, _, labels in micro]
+        batch_tokens = max(1, sum(tokens))
+
+        def loss_fn(k: int) -> tuple[torch.Tensor, dict[str, float]]:
+            ids, mask, labels = micro[k]
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (tokens[k] / batch_tokens)
+            return loss, {"loss": loss.item()}
+
+        lr = cosine_lr(i, total, cfg.warmup_steps, cfg.lr)
+        learner.set_lr(lr)
+        stats, grad_norm = learner.step(range(len(micro)), loss_fn)
+        losses.update(stats)
+        return {"loss": stats["loss"], "loss_ema": losses.ema["loss"], "lr": lr, "grad_norm": grad_norm}
+
+    def check(i: int) -> bool:
+        if stop_when is None or i % stop_check_every or i >= total:
+            return False
+        model.eval()
+        with torch.no_grad():
+            stop = bool(stop_when(i))
+        model.train()
+        return stop
+
     model.train()
-    start = time.monotonic()
-    order: list[int] = []
-    stopped_early = False
-    while step < total:
-        epoch, offset = divmod(step * cfg.batch_size, steps_per_epoch * cfg.batch_size)
-        # the epoch's order depends only on (seed, epoch), so a resumed run sees the same batches
-        order = list(range(len(data)))
-        random.Random(f"{seed}-{epoch}").shuffle(order)
-        idx = order[offset : offset + cfg.batch_size]
-        ids, mask, labels = collate([data[i] for i in idx], tokenizer.pad_token_id, device)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, total, cfg.warmup_steps, cfg.lr)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        value = loss.item()
-        first_loss = value if first_loss is None else first_loss
-        ema = value if ema is None else 0.9 * ema + 0.1 * value
-        if step % 10 == 0 or step == total:
-            callbacks.metrics(stage, step, {"loss": value, "loss_ema": ema, "lr": opt.param_groups[0]["lr"]})
-            callbacks.progress(stage, step, total)
-        if callbacks.should_stop():  # every step: cancel must land within seconds
-            raise Cancelled(stage)
-        if stop_when is not None and step % stop_check_every == 0 and step < total:
-            model.eval()
-            with torch.no_grad():
-                stopped_early = bool(stop_when(step))
-            model.train()
-            if stopped_early:
-                callbacks.progress(stage, step, step)
-                break
-        if state_dir is not None and (step % SAVE_EVERY == 0) and step < total:
-            save_state(
-                state_dir,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "step": step,
-                    "first_loss": first_loss,
-                    "ema": ema,
-                    "rng": rng_state(),
-                    "stopper": stop_when.state_dict() if hasattr(stop_when, "state_dict") else None,
-                },
-            )
+    result = loop.run(step, after_step=check)
     model.eval()
     return {
-        "steps": step,
+        "steps": result.steps,
         "planned_steps": total,
-        "stopped_early": stopped_early,
+        "stopped_early": result.stopped_early,
         "examples": len(data),
-        "first_loss": first_loss,
-        "final_loss": ema,
-        "seconds": round(time.monotonic() - start, 2),
+        "first_loss": losses.first.get("loss"),
+        "final_loss": losses.ema.get("loss"),
+        "resumed_from": result.resumed_from,
+        "seconds": round(result.seconds, 2),
     }
 
 
@@ -255,6 +252,7 @@ class AgreementCheck:
         }
 
     def state_dict(self) -> dict[str, Any]:
+        """The checks so far and the best weights (on the CPU), saved with the training state."""
         return {
             "checks": list(self.checks),
             "best_step": self.best_step,
@@ -263,6 +261,7 @@ class AgreementCheck:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output."""
         self.checks = list(state["checks"])
         self.best_step, self.best_agreement = state["best_step"], state["best_agreement"]
         self.best_weights = state["best_weights"]

@@ -7,11 +7,16 @@ The critic is a value model: a copy of the policy's trunk with a zero-initialise
 trained reward model, InstructGPT's choice). Its value for completion token ``t`` is the head applied to the
 hidden state that predicts that token, so values line up with the policy's log-probabilities. It has its own
 AdamW (``cfg.value_lr``); the caller's ``critic_init`` model is never modified.
+
+What is PPO's own is :func:`ppo_advantages` (KL-penalised token rewards, GAE, whitening) and the critic's
+:func:`value_objective`; rollout, update and the loop are shared with GRPO (``rollout.py``).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -20,29 +25,21 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from twofold.core.configs import RLConfig
-from twofold.core.models import build_reward_model
+from twofold.core.models import build_reward_model, on_device
 from twofold.core.records import Callbacks
-from twofold.core.rl.algos import (
-    gae_advantages,
-    kl_penalty,
-    masked_whiten,
-    policy_loss,
-    token_rewards,
-    value_loss,
-)
+from twofold.core.rl.algos import gae_advantages, kl_penalty, masked_whiten, token_rewards, value_loss
 from twofold.core.rl.rollout import (
     BuildPrompt,
+    Experience,
+    Objective,
     RewardFn,
-    Rollout,
-    average,
-    clip_and_step,
-    completion_logprobs,
     frozen_reference,
-    minibatches,
     model_inputs,
+    policy_objective,
     run_rl,
 )
 from twofold.core.tasks import Item
+from twofold.core.training import Learner
 
 
 def completion_values(
@@ -73,7 +70,46 @@ def build_critic(
     if not isinstance(getattr(critic, "score", None), torch.nn.Module):
         raise ValueError("critic_init: expected a *ForSequenceClassification model with a `score` head")
     critic.requires_grad_(True)
-    return critic.to(next(policy.parameters()).device).train()
+    # transformers types PreTrainedModel.to as an unbound wrapper, which mypy cannot call
+    return on_device(critic, next(policy.parameters()).device).train()
+
+
+def ppo_advantages(experience: Experience, *, critic: PreTrainedModel, cfg: RLConfig) -> Experience:
+    """The advantage step: the critic's values at the rollout, the sequence score (whitened over the batch with
+    ``cfg.whiten_rewards``) at the last completion token minus ``cfg.kl_coef`` times the k1 KL at every token,
+    GAE with ``cfg.gamma`` and ``cfg.lam``, advantages whitened over the batch's real tokens. Fills ``values``,
+    ``advantages`` and ``returns``, all (B, T)."""
+    assert experience.scores is not None, "the rewards are scored before the advantages"
+    mask = experience.completion_mask
+    with torch.no_grad():
+        values = completion_values(
+            critic, experience.sequences, experience.attention_mask, experience.prompt_len
+        )
+        scores = experience.scores
+        if cfg.whiten_rewards:
+            scores = masked_whiten(scores, torch.ones_like(scores))
+        kl = kl_penalty(experience.logprobs, experience.ref_logprobs, "k1")  # (B, T)
+        rewards = token_rewards(scores, kl, mask, cfg.kl_coef)  # (B, T)
+        advantages, returns = gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask)
+    return dataclasses.replace(experience, values=values, advantages=advantages, returns=returns)
+
+
+def value_objective(critic: PreTrainedModel, cfg: RLConfig) -> Objective:
+    """The critic's AdamW (``cfg.value_lr``) and ``cfg.vf_coef`` times the clipped value loss against the
+    returns of :func:`ppo_advantages`."""
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.value_lr, weight_decay=0.0)
+
+    def loss(m: Experience) -> tuple[torch.Tensor, dict[str, float]]:
+        assert m.values is not None and m.returns is not None, "values are computed before the update"
+        values = completion_values(critic, m.sequences, m.attention_mask, m.prompt_len)
+        vf_loss, vf_clipfrac = value_loss(values, m.values, m.returns, m.completion_mask, cfg.value_clip)
+        return cfg.vf_coef * vf_loss, {
+            "value_loss": float(vf_loss.detach()),
+            "value_clipfrac": float(vf_clipfrac),
+        }
+
+    return Objective(Learner(critic, optimizer, cfg.max_grad_norm), loss)
 
 
 def train_ppo(
@@ -101,9 +137,10 @@ def train_ppo(
         build_prompt: item -> prompt text.
         reward_fn: ``(items_per_response, completions) -> rewards``, one float per response.
         callbacks: receives ``metrics`` (reward, kl, policy_loss, value_loss, clipfrac, value_clipfrac,
-            response_len, entropy, step_seconds) and ``progress`` each step; ``should_stop`` raises ``Cancelled``.
-        state_dir: where resumable state is written every ``cfg.save_every`` steps and at the end; a call that
-            finds a state there continues from it.
+            policy_grad_norm, critic_grad_norm, response_len, entropy, step_seconds) and ``progress`` each step;
+            ``should_stop`` raises ``Cancelled``.
+        state_dir: where resumable state is written every ``cfg.save_every`` steps, at the end and on
+            cancellation; a call that finds a state there continues from it.
         critic_init: value-model initialisation (see the module docstring).
         evaluate: optional ``step -> metrics`` called every ``cfg.eval_every`` steps (reported as ``eval_*``).
     Returns:
@@ -111,43 +148,6 @@ def train_ppo(
     """
     ref = frozen_reference(policy, ref_policy)
     critic = build_critic(policy, tokenizer, critic_init)
-    policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-    critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.value_lr, weight_decay=0.0)
-
-    def update(batch: Rollout, scores: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
-        mask = batch.completion_mask
-        with torch.no_grad():
-            old_values = completion_values(critic, batch.sequences, batch.attention_mask, batch.prompt_len)
-            if cfg.whiten_rewards:
-                scores = masked_whiten(scores, torch.ones_like(scores))
-            kl = kl_penalty(batch.logprobs, batch.ref_logprobs, "k1")  # (B, T)
-            rewards = token_rewards(scores, kl, mask, cfg.kl_coef)  # (B, T)
-            advantages, returns = gae_advantages(rewards, old_values, mask, cfg.gamma, cfg.lam)
-            advantages = masked_whiten(advantages, mask)
-        stats = []
-        for _ in range(cfg.ppo_epochs):
-            for idx in minibatches(batch.size, cfg.mini_batch_size, generator):
-                seqs, attn, m = batch.sequences[idx], batch.attention_mask[idx], mask[idx]
-                logprobs, _ = completion_logprobs(
-                    policy, seqs, attn, batch.prompt_len, temperature=cfg.temperature
-                )
-                pg_loss, clipfrac = policy_loss(
-                    logprobs, batch.logprobs[idx], advantages[idx], m, cfg.clip_range
-                )
-                clip_and_step(pg_loss, policy, policy_opt, cfg.max_grad_norm)
-                values = completion_values(critic, seqs, attn, batch.prompt_len)
-                vf_loss, vf_clipfrac = value_loss(values, old_values[idx], returns[idx], m, cfg.value_clip)
-                clip_and_step(cfg.vf_coef * vf_loss, critic, critic_opt, cfg.max_grad_norm)
-                stats.append(
-                    {
-                        "policy_loss": float(pg_loss.detach()),
-                        "value_loss": float(vf_loss.detach()),
-                        "clipfrac": float(clipfrac),
-                        "value_clipfrac": float(vf_clipfrac),
-                    }
-                )
-        return average(stats)
-
     return run_rl(
         algo="ppo",
         policy=policy,
@@ -161,8 +161,10 @@ def train_ppo(
         stage=stage,
         state_dir=state_dir,
         seed=seed,
-        update=update,
-        modules={"policy": policy, "critic": critic},
-        optimizers={"policy": policy_opt, "critic": critic_opt},
+        advantages=functools.partial(ppo_advantages, critic=critic, cfg=cfg),
+        objectives={
+            "policy": policy_objective(policy, cfg, kl_loss=False),
+            "critic": value_objective(critic, cfg),
+        },
         evaluate=evaluate,
     )

@@ -1,23 +1,26 @@
-"""What PPO and GRPO share: sampling a rollout batch, completion log-probabilities, the data cursor, resumable
-state on disk, and the outer loop (cancel check, rollout, reward, update, metrics, progress, checkpoints).
+"""What PPO and GRPO share: one RL step as three named steps around an :class:`Experience` (OpenRLHF's shape,
+(B, T) fields), driven by the shared :class:`~twofold.core.training.TrainLoop`.
 
-A trainer (``ppo.py``, ``grpo.py``) builds its models and optimisers and hands :func:`run_rl` an ``update``
-function: ``update(rollout, scores, generator) -> metrics``, where ``scores`` are the (B,) sequence rewards
-already multiplied by ``cfg.reward_scale``. Everything else happens here once.
+1. :func:`rollout` samples ``cfg.samples_per_prompt`` responses per prompt and scores their tokens under the policy
+   and the frozen reference; the reward function then gives each response its sequence reward (``scores``).
+2. The algorithm's ``advantages(experience)`` fills ``advantages`` (PPO: also ``values`` and ``returns``).
+3. :func:`update` makes ``cfg.ppo_epochs`` passes over shuffled mini-batches of ``cfg.mini_batch_size``, each cut
+   into ``cfg.gradient_accumulation_steps`` micro-batches, and steps every :class:`Objective` on each (the policy;
+   PPO adds its critic).
+
+A trainer (``ppo.py``, ``grpo.py``) gives :func:`run_rl` only its advantage function and its objectives; the
+policy objective (:func:`policy_objective`) is the same clipped surrogate for both.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
-import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,25 +28,27 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from twofold.core.configs import RLConfig
 from twofold.core.models import generate
-from twofold.core.records import Callbacks, Cancelled
+from twofold.core.records import Callbacks
 from twofold.core.rl.algos import (
     entropy_from_logits,
     kl_penalty,
     logprobs_from_logits,
     masked_mean,
     masked_sum,
+    policy_loss,
 )
 from twofold.core.tasks import Item
+from twofold.core.training import DataCursor, Learner, RunningStats, TrainLoop, split_evenly
 
 #: ``reward_fn(items_per_response, completions) -> rewards``: one float per completion.
 RewardFn = Callable[[list[Item], list[str]], list[float]]
 BuildPrompt = Callable[[Item], str]
-
-STATE_FILE = "state.pt"
+#: ``loss(micro_batch) -> (loss, metrics)`` over one micro-batch of experience, as a mean over its tokens.
+ExperienceLoss = Callable[["Experience"], tuple[torch.Tensor, dict[str, float]]]
 
 
 @dataclass
-class Rollout:
+class Experience:
     """One rollout batch: ``B = prompts * samples_per_prompt`` responses, each prompt's samples consecutive.
 
     Attributes:
@@ -56,6 +61,10 @@ class Rollout:
         logprobs: (B, T) policy log-probabilities of the sampled tokens at sampling time.
         ref_logprobs: (B, T) the same under the frozen reference.
         entropy: (B, T) policy entropy at each completion position.
+        scores: (B,) sequence rewards times ``cfg.reward_scale`` (set after the reward function ran).
+        values: (B, T) critic values at the rollout (PPO).
+        advantages: (B, T) per-token advantages.
+        returns: (B, T) value targets (PPO).
     """
 
     items: list[Item]
@@ -67,11 +76,39 @@ class Rollout:
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
     entropy: torch.Tensor
+    scores: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
         """B, the number of responses."""
         return self.sequences.shape[0]
+
+    def select(self, idx: torch.Tensor) -> Experience:
+        """The responses at ``idx`` (a 1-D index tensor), every per-response field indexed alike."""
+        rows = idx.tolist()
+        picked: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                picked[f.name] = value[idx]
+            elif isinstance(value, list):
+                picked[f.name] = [value[i] for i in rows]
+            else:
+                picked[f.name] = value  # prompt_len, or a field not set yet
+        return Experience(**picked)
+
+    def split(self, parts: int) -> list[Experience]:
+        """``parts`` consecutive micro-batches of (nearly) equal size; ``[self]`` for one part."""
+        if parts <= 1:
+            return [self]
+        return [self.select(torch.tensor(rows)) for rows in split_evenly(range(self.size), parts)]
+
+
+#: Another name for :class:`Experience`, one rollout batch.
+Rollout = Experience
 
 
 def model_inputs(sequences: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -130,7 +167,7 @@ def rollout(
     temperature: float,
     max_new_tokens: int,
     generator: torch.Generator | None = None,
-) -> Rollout:
+) -> Experience:
     """Sample ``samples_per_prompt`` completions per item with :func:`core.models.generate`, then score the
     sampled tokens under the policy (old log-probabilities, entropy) and the reference."""
     expanded = [item for item in items for _ in range(samples_per_prompt)]
@@ -153,7 +190,7 @@ def rollout(
     )
     policy.train(was_training)
     assert entropy is not None
-    return Rollout(
+    return Experience(
         items=expanded,
         texts=gen.texts,
         sequences=gen.sequences,
@@ -172,91 +209,70 @@ def minibatches(size: int, mini_batch_size: int, generator: torch.Generator) -> 
     yield from order.split(mini_batch_size)
 
 
-def clip_and_step(
-    loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float
-) -> float:
-    """Backward ``loss``, clip ``model``'s gradient norm, step ``optimizer``; returns the pre-clip norm."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    return float(norm)
+@dataclass(frozen=True)
+class Objective:
+    """A learner and the loss it minimises on a micro-batch of experience (a mean over the micro-batch's
+    completion tokens; :func:`update` weights it by its share of the mini-batch's tokens)."""
+
+    learner: Learner
+    loss: ExperienceLoss
 
 
-class DataCursor:
-    """A seeded, shuffled walk over ``n`` item indices, reshuffled each epoch.
+def policy_objective(policy: PreTrainedModel, cfg: RLConfig, *, kl_loss: bool) -> Objective:
+    """The policy's AdamW (``cfg.lr``) and PPO's clipped surrogate on the experience's advantages; with
+    ``kl_loss`` (GRPO) plus ``cfg.kl_coef`` times the k3 estimate of KL to the reference, averaged over the real
+    completion tokens (PPO folds its KL penalty into the rewards instead)."""
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
 
-    The order of epoch ``e`` depends only on ``(seed, e)``, so the state is just ``(epoch, position)``.
+    def loss(m: Experience) -> tuple[torch.Tensor, dict[str, float]]:
+        assert m.advantages is not None, "advantages are computed before the update"
+        logprobs, _ = completion_logprobs(
+            policy, m.sequences, m.attention_mask, m.prompt_len, temperature=cfg.temperature
+        )
+        pg_loss, clipfrac = policy_loss(logprobs, m.logprobs, m.advantages, m.completion_mask, cfg.clip_range)
+        stats = {"policy_loss": float(pg_loss.detach()), "clipfrac": float(clipfrac)}
+        if not kl_loss:
+            return pg_loss, stats
+        kl = masked_mean(kl_penalty(logprobs, m.ref_logprobs, "k3"), m.completion_mask)
+        return pg_loss + cfg.kl_coef * kl, {**stats, "kl_loss": float(kl.detach())}
+
+    return Objective(Learner(policy, optimizer, cfg.max_grad_norm), loss)
+
+
+def _token_share(
+    loss_fn: ExperienceLoss, micro: Experience, tokens: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``loss_fn`` on ``micro``, weighted by its share of a mini-batch of ``tokens`` completion tokens, so the
+    micro-batches' gradients add up to the mini-batch's token mean."""
+    share = float(micro.completion_mask.sum()) / tokens
+    loss, stats = loss_fn(micro)
+    return loss * share, {k: v * share for k, v in stats.items()}
+
+
+def update(
+    experience: Experience, objectives: dict[str, Objective], cfg: RLConfig, generator: torch.Generator
+) -> dict[str, float]:
+    """The update step: ``cfg.ppo_epochs`` passes over shuffled mini-batches (order drawn from ``generator``);
+    on each, every objective takes one optimiser step over ``cfg.gradient_accumulation_steps`` micro-batches.
+
+    Returns the objectives' metrics and each one's ``<name>_grad_norm`` (before clipping), averaged over the
+    mini-batches.
     """
-
-    def __init__(self, n: int, seed: int) -> None:
-        if n < 1:
-            raise ValueError("items: no training questions to draw prompts from")
-        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
-        self._order = self._shuffled(0)
-
-    def _shuffled(self, epoch: int) -> list[int]:
-        order = list(range(self.n))
-        random.Random(f"rl-cursor-{self.seed}-{epoch}").shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[int]:
-        """The next ``k`` indices, crossing into freshly shuffled epochs as needed."""
-        out: list[int] = []
-        while len(out) < k:
-            if self.pos == self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._shuffled(self.epoch)
-            grab = min(k - len(out), self.n - self.pos)
-            out.extend(self._order[self.pos : self.pos + grab])
-            self.pos += grab
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        """Plain-data state: ``n``, ``seed``, ``epoch``, ``pos``."""
-        return {"n": self.n, "seed": self.seed, "epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from a saved state; the item count must match the saved run's."""
-        if state["n"] != self.n:
-            raise ValueError(
-                f"items: the saved RL state walked {state['n']} questions but {self.n} were given; "
-                "resume with the same training items or clear the state directory"
-            )
-        self.seed, self.epoch, self.pos = state["seed"], state["epoch"], state["pos"]
-        self._order = self._shuffled(self.epoch)
-
-
-def save_state(state_dir: Path, step: int, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``state_dir/step-NNNNNNNN/state.pt`` atomically (temp dir, fsync, rename), then
-    delete older step directories. Returns the new directory."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    final = state_dir / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=state_dir))
-    with open(tmp / STATE_FILE, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in state_dir.glob("step-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_state(state_dir: Path, device: torch.device) -> dict[str, Any] | None:
-    """The newest complete state in ``state_dir`` (None if there is none); leftover temp dirs are removed."""
-    if not state_dir.is_dir():
-        return None
-    for tmp in state_dir.glob(".tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    for candidate in sorted(state_dir.glob("step-*"), reverse=True):
-        if (candidate / STATE_FILE).is_file():
-            state: dict[str, Any] = torch.load(candidate / STATE_FILE, map_location=device, weights_only=True)
-            return state
-    return None
+    stats = []
+    for _ in range(cfg.ppo_epochs):
+        for idx in minibatches(experience.size, cfg.mini_batch_size, generator):
+            mini = experience.select(idx)
+            micro = mini.split(cfg.gradient_accumulation_steps)
+            tokens = max(1.0, float(mini.completion_mask.sum()))
+            row: dict[str, float] = {}
+            for name, objective in objectives.items():
+                values, grad_norm = objective.learner.step(
+                    micro, functools.partial(_token_share, objective.loss, tokens=tokens)
+                )
+                row.update(values)
+                row[f"{name}_grad_norm"] = grad_norm
+            stats.append(row)
+    return average(stats)
 
 
 def run_rl(
@@ -273,59 +289,37 @@ def run_rl(
     stage: str,
     state_dir: str | os.PathLike[str] | None,
     seed: int,
-    update: Callable[[Rollout, torch.Tensor, torch.Generator], dict[str, float]],
-    modules: dict[str, torch.nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
+    advantages: Callable[[Experience], Experience],
+    objectives: dict[str, Objective],
     evaluate: Callable[[int], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """The outer RL loop shared by PPO and GRPO; see the module docstring. Resumes from ``state_dir`` when it
-    holds a state (``modules`` and ``optimizers`` are saved and restored by name). Returns the summary."""
+    """The RL loop shared by PPO and GRPO (see the module docstring): each step is :func:`rollout`, the reward,
+    ``advantages`` and :func:`update`. Resumes from ``state_dir`` when it holds a state (every objective's model
+    and optimiser, the sampler RNG, the data cursor and the reward/KL history). Returns the summary."""
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)  # sampling and mini-batch order
-    cursor = DataCursor(len(items), seed)
-    history: dict[str, list[float]] = {"reward": [], "kl": []}
-    state_path = Path(state_dir) if state_dir is not None else None
-    start = 0
-    saved = load_state(state_path, device) if state_path is not None else None
-    if saved is not None:
-        start = _restore(saved, algo, cfg, modules, optimizers, generator, cursor, history, callbacks, stage)
-
-    last_saved = start
-
-    def checkpoint(step: int) -> None:
-        nonlocal last_saved
-        assert state_path is not None
-        payload = {
-            "algo": algo,
-            "step": step,
-            "config": dataclasses.asdict(cfg),
-            "modules": {name: m.state_dict() for name, m in modules.items()},
-            "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
-            "rng": {
-                "python": random.getstate(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "sampler": generator.get_state(),
-            },
-            "cursor": cursor.state_dict(),
-            "history": history,
-        }
-        save_state(state_path, step, payload)
-        last_saved = step
-
+    cursor = DataCursor(len(items), seed, prefix="rl-cursor-")
+    history = RunningStats(["reward", "kl"])
+    loop = TrainLoop(
+        stage=stage,
+        kind=algo,
+        total_steps=cfg.steps,
+        callbacks=callbacks,
+        config=cfg,
+        learners={name: objective.learner for name, objective in objectives.items()},
+        state_dir=state_dir,
+        cursor=cursor,
+        generators={"sampler": generator},
+        extra={"history": history},
+    )
     if cfg.eval_every and evaluate is None:
         callbacks.event(
             stage, "warning", "no_evaluator", "rl.eval_every is set but no evaluate function was given"
         )
-    was_training = policy.training
-    started = time.monotonic()
-    for step in range(start, cfg.steps):
-        if callbacks.should_stop():
-            if state_path is not None and step > last_saved:
-                checkpoint(step)  # so a retried stage resumes here
-            raise Cancelled(f"{stage}: cancelled at step {step} of {cfg.steps}")
+
+    def step(_: int) -> dict[str, float]:
         tick = time.monotonic()
-        batch = rollout(
+        experience = rollout(
             policy,
             ref_policy,
             tokenizer,
@@ -336,44 +330,44 @@ def run_rl(
             max_new_tokens=cfg.max_new_tokens,
             generator=generator,
         )
-        raw = _check_rewards(reward_fn(batch.items, batch.texts), batch.size)
+        raw = _check_rewards(reward_fn(experience.items, experience.texts), experience.size)
         scores = torch.tensor(raw, dtype=torch.float32, device=device) * cfg.reward_scale  # (B,)
+        experience = dataclasses.replace(experience, scores=scores)
         policy.train()
-        stats = update(batch, scores, generator)
-        mask = batch.completion_mask
-        kl = masked_sum(kl_penalty(batch.logprobs, batch.ref_logprobs, "k1"), mask, dim=1).mean()
+        experience = advantages(experience)
+        stats = update(experience, objectives, cfg, generator)
+        mask = experience.completion_mask
+        kl = masked_sum(kl_penalty(experience.logprobs, experience.ref_logprobs, "k1"), mask, dim=1).mean()
         values = {
             "reward": sum(raw) / len(raw),
             "kl": float(kl),
             "response_len": float(mask.sum(1).mean()),
-            "entropy": float(masked_mean(batch.entropy, mask)),
+            "entropy": float(masked_mean(experience.entropy, mask)),
             **stats,
             "step_seconds": time.monotonic() - tick,
         }
-        history["reward"].append(values["reward"])
-        history["kl"].append(values["kl"])
-        callbacks.metrics(stage, step + 1, values)
-        if evaluate is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            callbacks.metrics(stage, step + 1, {f"eval_{k}": v for k, v in evaluate(step + 1).items()})
-        callbacks.progress(stage, step + 1, cfg.steps)
-        if state_path is not None and cfg.save_every and (step + 1) % cfg.save_every == 0:
-            checkpoint(step + 1)
-    done = max(start, cfg.steps)
-    if state_path is not None and done > last_saved:
-        checkpoint(done)
+        history.update(values)
+        return values
+
+    def evaluate_now(step: int) -> bool:
+        if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+            callbacks.metrics(stage, step, {f"eval_{k}": v for k, v in evaluate(step).items()})
+        return False  # evaluation never ends RL early
+
+    was_training = policy.training
+    result = loop.run(step, after_step=evaluate_now)
     policy.train(was_training)
-    seconds = time.monotonic() - started
-    rewards = history["reward"]
+    ran = result.steps - result.resumed_from
     return {
         "algo": algo,
-        "steps": done,
-        "resumed_from": start,
-        "first_reward": rewards[0] if rewards else None,
-        "final_reward": rewards[-1] if rewards else None,
-        "mean_reward": sum(rewards) / len(rewards) if rewards else None,
-        "kl": history["kl"][-1] if history["kl"] else None,
-        "seconds": seconds,
-        "seconds_per_step": seconds / (done - start) if done > start else None,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "first_reward": history.first.get("reward"),
+        "final_reward": history.last.get("reward"),
+        "mean_reward": history.mean("reward"),
+        "kl": history.last.get("kl"),
+        "seconds": result.seconds,
+        "seconds_per_step": result.seconds / ran if ran > 0 else None,
     }
 
 
@@ -384,48 +378,6 @@ def _check_rewards(raw: Sequence[float], expected: int) -> list[float]:
     if any(v != v or v in (float("inf"), float("-inf")) for v in values):
         raise ValueError("reward_fn: returned a NaN or infinite reward")
     return values
-
-
-def _restore(
-    saved: dict[str, Any],
-    algo: str,
-    cfg: RLConfig,
-    modules: dict[str, torch.nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    generator: torch.Generator,
-    cursor: DataCursor,
-    history: dict[str, list[float]],
-    callbacks: Callbacks,
-    stage: str,
-) -> int:
-    if saved["algo"] != algo:
-        raise ValueError(
-            f"rl.algo: the saved state is {saved['algo']!r}, not {algo!r}; clear the state directory"
-        )
-    for name, module in modules.items():
-        module.load_state_dict(saved["modules"][name])
-    for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(saved["optimizers"][name])
-    rng = saved["rng"]
-    random.setstate(rng["python"])
-    torch.set_rng_state(rng["torch"].cpu())
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-    generator.set_state(rng["sampler"].cpu())
-    cursor.load_state_dict(saved["cursor"])
-    history.update({k: list(v) for k, v in saved["history"].items()})
-    changed = sorted(
-        k for k, v in dataclasses.asdict(cfg).items() if k != "steps" and saved["config"].get(k) != v
-    )
-    step = int(saved["step"])
-    callbacks.event(
-        stage,
-        "warning" if changed else "info",
-        "resumed",
-        f"resumed at step {step}" + (f"; config changed since: {', '.join(changed)}" if changed else ""),
-        {"step": step, "changed": changed},
-    )
-    return step
 
 
 def average(stats: Sequence[dict[str, float]]) -> dict[str, float]:

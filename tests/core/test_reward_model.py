@@ -241,3 +241,105 @@ def test_a_scalar_reward_model_directory_without_metadata_loads_as_scalar(
     assert score_responses(scorer, trained["tok"], [prompt], [" 3+4=7. #### 1"]) == pytest.approx(
         score_responses(trained["rm"], trained["tok"], [prompt], [" 3+4=7. #### 1"])
     )
+
+
+# --- the shared loop as the reward model uses it -----------------------------------------------------------------
+
+#: 12 training questions of 4 responses in steps of 2 questions: 6 steps an epoch, 12 in all, state every 4 steps
+LOOP_CFG = RewardModelConfig(
+    epochs=2, lr=1e-2, batch_size=8, max_length=96, holdout_fraction=0.25, save_every=4
+)
+
+
+class Reports(NullCallbacks):
+    """Keeps metrics and events; raises like a killed worker at progress ``crash_at``; asks to stop from its
+    ``stop_on``-th ``should_stop`` call on."""
+
+    def __init__(self, crash_at: int | None = None, stop_on: int | None = None) -> None:
+        self.crash_at, self.stop_on, self.calls = crash_at, stop_on, 0
+        self.values: list[dict[str, float]] = []
+        self.events: list[tuple[str, dict[str, Any] | None]] = []
+
+    def metrics(self, stage: str, step: int, values: dict[str, float]) -> None:
+        """Remember the values."""
+        self.values.append(values)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """Die at the crash step."""
+        if self.crash_at is not None and done >= self.crash_at:
+            raise RuntimeError("worker lost")
+
+    def event(
+        self, stage: str, level: str, type: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """Remember the event."""
+        self.events.append((type, data))
+
+    def should_stop(self) -> bool:
+        """Stop from the chosen call on."""
+        self.calls += 1
+        return self.stop_on is not None and self.calls >= self.stop_on
+
+
+def train_small(cb: Any, state_dir: Any = None, kind: str = "scalar", **overrides: Any) -> tuple[Any, Any]:
+    """A micro reward model of ``kind`` trained on 16 questions with ``LOOP_CFG`` (and ``overrides``)."""
+    import copy
+    import dataclasses
+
+    items, labels = separable_labels(16, 4)
+    base, tok = build_tiny("micro", seed=0)
+    rm, ref = (base, copy.deepcopy(base)) if kind == "implicit" else (build_reward_model(base, tok), None)
+    extra = {"kind": kind, "init": "sft"} if kind == "implicit" else {}
+    cfg = dataclasses.replace(LOOP_CFG, **extra, **overrides)
+    summary = train_reward_model(
+        rm, tok, labels, items, arithmetic.build_prompt, cfg=cfg, callbacks=cb, state_dir=state_dir, ref=ref
+    )
+    return rm, summary
+
+
+def test_a_crashed_reward_model_run_resumes_bitwise(tmp_path: Any) -> None:
+    straight, summary = train_small(NullCallbacks())
+    assert summary["steps"] == 12
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train_small(Reports(crash_at=10), tmp_path)  # progress is reported every 10 steps
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000008"]  # cfg.save_every = 4
+    cb = Reports()
+    resumed, summary = train_small(cb, tmp_path)
+    assert summary["resumed_from"] == 8 and summary["steps"] == 12
+    assert ("resumed", {"step": 8, "changed": []}) in cb.events
+    for name, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_a_reward_model_cancel_lands_within_one_step_and_saves_it(tmp_path: Any) -> None:
+    from twofold.core.records import Cancelled
+    from twofold.core.training import load_state
+
+    with pytest.raises(Cancelled, match="cancelled at step 2 of 12"):
+        train_small(Reports(stop_on=3), tmp_path)  # requested during step 2
+    state = load_state(tmp_path)
+    assert state is not None and state["step"] == 2 and state["kind"] == "reward_model/scalar"
+
+
+@pytest.mark.parametrize("kind", ["scalar", "implicit"])
+def test_reward_model_micro_batches_accumulate_to_the_whole_batch_gradient(kind: str) -> None:
+    one_step = {"epochs": 0.1, "batch_size": 16}  # one step of 4 questions (16 responses, 16 pairs)
+    full_cb, micro_cb = Reports(), Reports()
+    whole, _ = train_small(full_cb, kind=kind, **one_step)
+    split, _ = train_small(micro_cb, kind=kind, gradient_accumulation_steps=2, **one_step)
+    full, micro = full_cb.values[0], micro_cb.values[0]
+    assert full["pairs"] == micro["pairs"] == 16  # splitting by question keeps every pair
+    for key in ("loss", "bce", "bt", "accuracy", "grad_norm"):
+        assert micro[key] == pytest.approx(full[key], rel=1e-4, abs=1e-7), key
+    for (name, a), b in zip(whole.named_parameters(), split.parameters(), strict=True):
+        if a.grad is not None:
+            assert b.grad is not None
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_the_reward_model_gradient_is_clipped_to_its_max_grad_norm() -> None:
+    cb = Reports()
+    rm, _ = train_small(cb, epochs=0.1, max_grad_norm=1e-4)
+    grads = torch.cat([p.grad.flatten() for p in rm.parameters() if p.grad is not None])
+    assert cb.values[0]["grad_norm"] > 1e-3
+    assert float(grads.norm()) == pytest.approx(1e-4, rel=1e-4)

@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from twofold.core import sft
 from twofold.core.configs import SFTConfig
 from twofold.core.models import build_tiny
 from twofold.core.records import Cancelled, NullCallbacks, TeacherSample
 from twofold.core.sft import AgreementCheck, sft_examples, train_causal_lm
 from twofold.core.tasks import Item, arithmetic
-from twofold.core.training import collate, encode_pairs
+from twofold.core.training import collate, encode_pairs, load_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ITEMS = arithmetic.load("train", size=32, seed=5)
 PROMPTS = [arithmetic.build_prompt(it) for it in ITEMS]
 COMPLETIONS = [" " + (it.solution or "") for it in ITEMS]
-# 32 examples in batches of 8 for 24 steps; the tests save resume state every SAVE_EVERY = 10 steps
-CFG = SFTConfig(epochs=6, lr=5e-3, batch_size=8, warmup_steps=3, max_length=128)
-SAVE_EVERY = 10
+# 32 examples in batches of 8 for 24 steps, resume state saved every 10 steps (progress is reported every 10)
+CFG = SFTConfig(epochs=6, lr=5e-3, batch_size=8, warmup_steps=3, max_length=128, save_every=10)
+ONE_STEP = SFTConfig(epochs=0.25, lr=5e-3, batch_size=8, warmup_steps=3, max_length=128)
 
 
 class StopAt(NullCallbacks):
-    """Records progress and events; asks to stop once progress reaches ``stop_step``."""
+    """Records progress, metrics and events; asks to stop once progress reaches ``stop_step``."""
 
     def __init__(self, stop_step: int | None = None) -> None:
         self.stop_step = stop_step
         self.steps: list[int] = []
+        self.values: list[dict[str, float]] = []
         self.events: list[tuple[str, dict[str, Any] | None]] = []
+
+    def metrics(self, stage: str, step: int, values: dict[str, float]) -> None:
+        """Remember the values."""
+        self.values.append(values)
 
     def progress(self, stage: str, done: int, total: int) -> None:
         """Remember the step."""
@@ -47,6 +52,20 @@ class StopAt(NullCallbacks):
     def should_stop(self) -> bool:
         """Stop once ``stop_step`` has been reported."""
         return self.stop_step is not None and bool(self.steps) and self.steps[-1] >= self.stop_step
+
+
+class CrashAt(StopAt):
+    """Dies (as a killed worker would, saving nothing) when progress reaches ``crash_step``."""
+
+    def __init__(self, crash_step: int) -> None:
+        super().__init__()
+        self.crash_step = crash_step
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """Raise at the crash step."""
+        if done >= self.crash_step:
+            raise RuntimeError("worker lost")
+        super().progress(stage, done, total)
 
 
 @torch.no_grad()
@@ -81,24 +100,87 @@ def test_training_lowers_the_loss_and_changes_the_weights(straight_run: dict[str
     assert len(changed) == len(before)  # every tensor moved
 
 
-def test_a_stopped_run_resumes_at_its_saved_step_and_ends_where_an_uninterrupted_run_does(
-    tmp_path: Path, straight_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sft, "SAVE_EVERY", SAVE_EVERY)
-    state_dir = tmp_path / "state"
-    model, tok = build_tiny("micro", seed=0)
-    with pytest.raises(Cancelled):
-        train_causal_lm(model, tok, PROMPTS, COMPLETIONS, cfg=CFG, callbacks=StopAt(20), state_dir=state_dir)
-    assert torch.load(state_dir / "state.pt", weights_only=False)["step"] == SAVE_EVERY
+def assert_same_weights(a: torch.nn.Module, b: dict[str, torch.Tensor]) -> None:
+    """Bitwise equality of ``a``'s weights with the state dict ``b``."""
+    for name, value in a.state_dict().items():
+        assert torch.equal(value, b[name]), name
 
+
+@pytest.mark.parametrize(
+    ("interrupt", "error", "saved_at", "reported"),
+    [
+        # a killed worker saves nothing: the state of step 10 (cfg.save_every) remains
+        (lambda: CrashAt(20), RuntimeError, 10, [20, 24]),
+        # a cancel saves the step it stopped at
+        (lambda: StopAt(20), Cancelled, 20, [24]),
+    ],
+    ids=["crash", "cancel"],
+)
+def test_an_interrupted_run_resumes_and_ends_bitwise_where_an_uninterrupted_run_does(
+    tmp_path: Path,
+    straight_run: dict[str, Any],
+    interrupt: Any,
+    error: type[Exception],
+    saved_at: int,
+    reported: list[int],
+) -> None:
+    model, tok = build_tiny("micro", seed=0)
+    with pytest.raises(error):
+        train_causal_lm(model, tok, PROMPTS, COMPLETIONS, cfg=CFG, callbacks=interrupt(), state_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"step-{saved_at:08d}"]
+    state = load_state(tmp_path)  # weights_only=True: tensors and plain data only
+    assert state is not None and state["step"] == saved_at and state["config"]["save_every"] == 10
     resumed, tok = build_tiny("micro", seed=0)  # fresh weights: the state must restore them
     cb = StopAt()
-    summary = train_causal_lm(resumed, tok, PROMPTS, COMPLETIONS, cfg=CFG, callbacks=cb, state_dir=state_dir)
-    assert ("resumed", {"step": SAVE_EVERY}) in cb.events
-    assert cb.steps == [20, 24]  # reports after step 10 only
-    assert summary["steps"] == 24
-    for (name, a), b in zip(straight_run["after"].items(), resumed.state_dict().values(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6), name
+    summary = train_causal_lm(resumed, tok, PROMPTS, COMPLETIONS, cfg=CFG, callbacks=cb, state_dir=tmp_path)
+    assert ("resumed", {"step": saved_at, "changed": []}) in cb.events
+    assert cb.steps == reported  # progress is reported every 10 steps, from the resumed step on
+    assert summary["steps"] == 24 and summary["resumed_from"] == saved_at
+    assert summary["first_loss"] == straight_run["summary"]["first_loss"]  # restored with the state
+    assert_same_weights(resumed, straight_run["after"])
+
+
+def one_step(**overrides: Any) -> tuple[torch.nn.Module, dict[str, float]]:
+    """One SFT step of 8 sequences from the same start; returns the model and the step's metrics."""
+    model, tok = build_tiny("micro", seed=0)
+    cb = StopAt()
+    cfg = dataclasses.replace(ONE_STEP, **overrides)
+    assert train_causal_lm(model, tok, PROMPTS, COMPLETIONS, cfg=cfg, callbacks=cb)["steps"] == 1
+    return model, cb.values[-1]
+
+
+def test_micro_batches_accumulate_to_the_whole_batch_gradient() -> None:
+    whole, full = one_step()
+    split, micro = one_step(gradient_accumulation_steps=4)  # 4 micro-batches of 2 sequences
+    assert micro["loss"] == pytest.approx(full["loss"], rel=1e-5)
+    assert micro["grad_norm"] == pytest.approx(full["grad_norm"], rel=1e-4)
+    for (name, a), b in zip(whole.named_parameters(), split.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_the_gradient_is_clipped_to_sft_max_grad_norm() -> None:
+    model, values = one_step(max_grad_norm=1e-3)
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert values["grad_norm"] > 0.1  # the norm before clipping
+    assert float(grads.norm()) == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_a_cancel_lands_within_one_step(tmp_path: Path) -> None:
+    class CancelDuringStep(StopAt):
+        calls = 0
+
+        def should_stop(self) -> bool:
+            self.calls += 1
+            return self.calls > 3  # requested during step 3
+
+    model, tok = build_tiny("micro", seed=0)
+    with pytest.raises(Cancelled, match="cancelled at step 3 of 24"):
+        train_causal_lm(
+            model, tok, PROMPTS, COMPLETIONS, cfg=CFG, callbacks=CancelDuringStep(), state_dir=tmp_path
+        )
+    state = load_state(tmp_path)
+    assert state is not None and state["step"] == 3
 
 
 def test_stop_when_ends_training_early_in_eval_mode_at_a_checked_step() -> None:
@@ -127,6 +209,31 @@ def test_stop_when_ends_training_early_in_eval_mode_at_a_checked_step() -> None:
         stop_check_every=5,
     )
     assert never["steps"] == 24 and not never["stopped_early"]
+
+
+def test_an_early_stop_is_saved_and_a_rerun_does_not_train_on(tmp_path: Path) -> None:
+    model, tok = build_tiny("micro", seed=0)
+    asked: list[int] = []
+
+    def stop_at_15(step: int) -> bool:
+        asked.append(step)
+        return step >= 15
+
+    def train(m: torch.nn.Module) -> dict[str, Any]:
+        return train_causal_lm(
+            m, tok, PROMPTS, COMPLETIONS, cfg=CFG, callbacks=StopAt(), state_dir=tmp_path,
+            stop_when=stop_at_15, stop_check_every=5,
+        )  # fmt: skip
+
+    first = train(model)
+    assert first["steps"] == 15 and first["stopped_early"]
+    state = load_state(tmp_path)
+    assert state is not None and (state["step"], state["stopped_early"]) == (15, True)
+    again, _ = build_tiny("micro", seed=0)
+    rerun = train(again)
+    assert rerun["steps"] == 15 and rerun["stopped_early"] and rerun["resumed_from"] == 15
+    assert asked == [5, 10, 15]  # not asked again: the rerun took no step
+    assert_same_weights(again, model.state_dict())
 
 
 class Scripted(AgreementCheck):
@@ -182,20 +289,17 @@ def test_without_patience_the_agreement_check_never_stops_training() -> None:
     assert check.keep_best()["best_step"] == 4
 
 
-def test_the_agreement_check_state_is_saved_and_resumed_with_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sft, "SAVE_EVERY", SAVE_EVERY)
+def test_the_agreement_check_state_is_saved_and_resumed_with_training(tmp_path: Path) -> None:
     model, tok = build_tiny("micro", seed=0)
     first = Scripted(model, tok, [0.6, 0.2, 0.1], patience=0)
-    with pytest.raises(Cancelled):
+    with pytest.raises(RuntimeError, match="worker lost"):
         train_causal_lm(
             model,
             tok,
             PROMPTS,
             COMPLETIONS,
             cfg=CFG,
-            callbacks=StopAt(20),  # progress is reported every 10 steps: stops after step 20
+            callbacks=CrashAt(20),  # dies reporting step 20, before its check; the state of step 10 remains
             state_dir=tmp_path,
             stop_when=first,
             stop_check_every=5,

@@ -1,5 +1,6 @@
-"""The code PPO and GRPO share: completion log-probabilities under left padding, the rollout batch, the data
-cursor, atomic state files, and the outer loop's cancel and resume behaviour (run for both trainers)."""
+"""The code PPO and GRPO share: completion log-probabilities under left padding, the rollout batch (an
+Experience), the update's micro-batches and clipping, and the loop's cancel and resume behaviour (run for both
+trainers)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from twofold.core.records import Cancelled
-from twofold.core.rl.rollout import DataCursor, completion_logprobs, load_state, rollout, save_state
+from twofold.core.rl.rollout import Experience, completion_logprobs, rollout
+from twofold.core.training import load_state
 
 
 def test_completion_logprobs_ignore_left_padding(toy: Any) -> None:
@@ -44,9 +46,10 @@ def test_completion_logprobs_ignore_left_padding(toy: Any) -> None:
     torch.testing.assert_close(batch.ref_logprobs, batch.logprobs)
 
 
-def test_rollout_repeats_each_prompt_consecutively(toy: Any) -> None:
+def three_prompts_twice(toy: Any) -> Experience:
+    """A rollout of two samples for each of three toy prompts from a fresh micro policy."""
     model, tok = toy.model()
-    batch = rollout(
+    return rollout(
         model,
         model,
         tok,
@@ -57,6 +60,10 @@ def test_rollout_repeats_each_prompt_consecutively(toy: Any) -> None:
         max_new_tokens=5,
         generator=torch.Generator().manual_seed(1),
     )
+
+
+def test_rollout_repeats_each_prompt_consecutively(toy: Any) -> None:
+    batch = three_prompts_twice(toy)
     assert [it.id for it in batch.items] == ["q0", "q0", "q1", "q1", "q2", "q2"]
     assert len(batch.texts) == batch.size == 6
     assert batch.completion_mask.shape == batch.logprobs.shape == batch.entropy.shape
@@ -74,37 +81,31 @@ def test_temperature_is_applied_to_logprobs(toy: Any) -> None:
     assert not torch.allclose(cold, warm)
 
 
-def test_data_cursor_reshuffles_each_epoch_and_resumes() -> None:
-    cursor = DataCursor(5, seed=3)
-    first, second = cursor.take(5), cursor.take(5)
-    assert sorted(first) == sorted(second) == [0, 1, 2, 3, 4]
-    assert first != second  # a fresh order per epoch
-    cursor = DataCursor(5, seed=3)
-    cursor.take(3)
-    saved = cursor.state_dict()
-    expected = cursor.take(7)  # crosses into epochs 1 and 2
-    resumed = DataCursor(5, seed=3)
-    resumed.load_state_dict(saved)
-    assert resumed.take(7) == expected
-    with pytest.raises(ValueError, match="items"):
-        DataCursor(6, seed=3).load_state_dict(saved)
-
-
-def test_state_is_written_atomically_and_newest_wins(tmp_path: Path) -> None:
-    save_state(tmp_path, 2, {"step": 2})
-    save_state(tmp_path, 4, {"step": 4})
-    (tmp_path / ".tmp-crashed").mkdir()  # a save that died before its rename
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-crashed", "step-00000004"]
-    state = load_state(tmp_path, torch.device("cpu"))
-    assert state is not None and state["step"] == 4
-    assert not (tmp_path / ".tmp-crashed").exists()
-    assert load_state(tmp_path / "missing", torch.device("cpu")) is None
+def test_an_experience_selects_and_splits_every_per_response_field(toy: Any) -> None:
+    batch = three_prompts_twice(toy)
+    batch.advantages = torch.arange(6.0).unsqueeze(1).expand_as(batch.completion_mask)
+    picked = batch.select(torch.tensor([4, 1]))
+    assert [it.id for it in picked.items] == ["q2", "q0"] and picked.texts == [batch.texts[4], batch.texts[1]]
+    assert torch.equal(picked.sequences, batch.sequences[[4, 1]]) and picked.prompt_len == batch.prompt_len
+    assert picked.advantages is not None and picked.advantages[:, 0].tolist() == [4.0, 1.0]
+    assert picked.values is None  # a field not filled yet stays empty
+    parts = batch.split(3)
+    assert [p.size for p in parts] == [2, 2, 2] and batch.split(1) == [batch]
+    assert torch.equal(torch.cat([p.logprobs for p in parts]), batch.logprobs)
+    assert isinstance(parts[0], Experience)
 
 
 #: metrics each trainer reports every step, besides the shared reward, kl, response_len, entropy, step_seconds
 ALGO_METRICS = {
-    "ppo": {"policy_loss", "value_loss", "clipfrac", "value_clipfrac"},
-    "grpo": {"policy_loss", "kl_loss", "clipfrac"},
+    "ppo": {
+        "policy_loss",
+        "value_loss",
+        "clipfrac",
+        "value_clipfrac",
+        "policy_grad_norm",
+        "critic_grad_norm",
+    },
+    "grpo": {"policy_loss", "kl_loss", "clipfrac", "policy_grad_norm"},
 }
 
 
@@ -133,8 +134,8 @@ def test_cancel_raises_and_saves_state(algo: str, toy: Any, tmp_path: Path) -> N
     with pytest.raises(Cancelled):
         toy.train(algo, cb, steps=10, state_dir=tmp_path)
     assert [done for _, done, _ in cb.progress_calls] == [1, 2]
-    state = load_state(tmp_path, torch.device("cpu"))
-    assert state is not None and state["step"] == 2
+    state = load_state(tmp_path)
+    assert state is not None and state["step"] == 2 and state["kind"] == algo
 
 
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
@@ -154,11 +155,55 @@ def test_resume_continues_where_it_stopped(algo: str, toy: Any, tmp_path: Path) 
     assert first_log.items + resumed_log.items == straight_log.items
     assert first_log.texts + resumed_log.texts == straight_log.texts
     for name, value in straight.state_dict().items():
-        torch.testing.assert_close(resumed.state_dict()[name], value, msg=name)
-    state = load_state(tmp_path, torch.device("cpu"))
+        assert torch.equal(resumed.state_dict()[name], value), name
+    state = load_state(tmp_path)
     assert state is not None and state["step"] == 6
 
 
 def test_reward_fn_must_return_one_reward_per_completion(toy: Any) -> None:
     with pytest.raises(ValueError, match="reward_fn"):
         toy.train("ppo", toy.Recorder(), lambda items, texts: [1.0], steps=1)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_saves_follow_rl_save_every(algo: str, toy: Any, tmp_path: Path) -> None:
+    saved: list[list[str]] = []
+
+    class Watch(toy.Recorder):
+        def should_stop(self) -> bool:
+            saved.append(sorted(p.name for p in tmp_path.glob("step-*")))  # before each step
+            return False
+
+    toy.train(algo, Watch(), steps=5, save_every=2, state_dir=tmp_path)
+    assert saved == [[], [], ["step-00000002"], ["step-00000002"], ["step-00000004"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005"]  # and at the end
+
+
+def one_update(toy: Any, algo: str, **fields: Any) -> tuple[Any, dict[str, float]]:
+    """One RL step from a fresh micro policy whose update is a single optimiser step per learner."""
+    cb = toy.Recorder()
+    model, _ = toy.train(algo, cb, steps=1, batch_size=16, mini_batch_size=16, ppo_epochs=1, **fields)
+    return model, cb.metric_calls[-1][2]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_rl_micro_batches_accumulate_to_the_mini_batch_gradient(algo: str, toy: Any) -> None:
+    whole, full = one_update(toy, algo)
+    split, micro = one_update(toy, algo, gradient_accumulation_steps=4)  # 4 micro-batches of 4 responses
+    assert micro["reward"] == full["reward"]  # the same rollout
+    keys = ["policy_loss", "policy_grad_norm"] + (["value_loss", "critic_grad_norm"] if algo == "ppo" else [])
+    for key in keys:
+        assert micro[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+    assert full["policy_grad_norm"] > 0
+    for (name, a), b in zip(whole.named_parameters(), split.parameters(), strict=True):
+        if a.grad is not None:
+            assert b.grad is not None
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_the_policy_gradient_is_clipped_to_rl_max_grad_norm(algo: str, toy: Any) -> None:
+    model, values = one_update(toy, algo, max_grad_norm=1e-4)
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert values["policy_grad_norm"] > 1e-3
+    assert float(grads.norm()) == pytest.approx(1e-4, rel=1e-4)
