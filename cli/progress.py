@@ -19,7 +19,7 @@ from rich.progress import (
 
 
 class FileCallbacks:
-    """Implements ``core.pipeline.PipelineCallbacks`` for the CLI: progress bars (stderr) and
+    """Implements ``core.records.PipelineCallbacks`` for the CLI: progress bars (stderr) and
     ``metrics.jsonl`` / ``events.jsonl`` in ``root``. The pipeline itself writes samples, labels and checkpoints.
     Use as a context manager so the bars are closed."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -97,6 +98,25 @@ class Callbacks(Protocol):
 
     def should_stop(self) -> bool:
         """True when the job was cancelled; a stage checks it between steps and raises ``Cancelled``."""
+
+
+class PipelineCallbacks(Callbacks, Protocol):
+    """Callbacks plus the persistence hooks the service implements (each called before the data is used)."""
+
+    def teacher_samples(self, samples: list[TeacherSample]) -> None:
+        """New teacher responses, as they arrive."""
+
+    def student_samples(self, samples: list[StudentSample]) -> None:
+        """New student responses drawn for labelling."""
+
+    def labels(self, labels: list[Label], stats: dict[str, Any]) -> None:
+        """All pseudo-labels of the job and their summary statistics."""
+
+    def checkpoint(self, stage: str, kind: str, step: int, path: Path) -> None:
+        """A complete HF checkpoint directory was written (``kind``: policy | reward_model)."""
+
+    def evaluation(self, result: EvalResult) -> None:
+        """A model was scored on a benchmark."""
 
 
 class Cancelled(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,8 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from twofold.cli.local import _comparisons, demo_table, machine
+from twofold.cli.local import GOLD_CONTROL, _comparisons, demo_table, machine
 from twofold.cli.main import cli
+from twofold.core.configs import JobSpec
+from twofold.core.presets import preset_spec
 
 
 def write_rows(items_dir: Path, name: str, correct: list[bool]) -> None:
@@ -83,3 +86,13 @@ def test_a_data_seed_outside_the_dev_range_is_refused_before_anything_runs(tmp_p
     res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--data-seed", seed])
     assert res.exit_code == 2 and "--data-seed" in res.output and "0<=x<=999" in res.output
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_gold_control_is_rl_against_gold_then_a_score_of_its_own_checkpoint() -> None:
+    spec = JobSpec.from_dict(preset_spec("demo", teacher_base_url="http://127.0.0.1:9/v1", teacher_model="t"))
+    rl, score = GOLD_CONTROL
+    gold = rl.apply(spec)
+    assert (rl.stage, rl.name, gold.rl.reward) == ("rl", "rl_gold", "gold")
+    assert gold == dataclasses.replace(spec, rl=dataclasses.replace(spec.rl, reward="gold"))  # nothing else
+    scoring = score.apply(spec).evaluation
+    assert score.stage == "evaluation" and scoring.models == (rl.name,) and not scoring.evaluate_teacher

@@ -18,6 +18,9 @@ from twofold.core.configs import JobSpec
 from twofold.core.models import load_causal_lm
 from twofold.core.presets import preset_spec
 from twofold.core.records import EvalResult, Label, NullCallbacks, StudentSample, TeacherSample
+from twofold.core.stages import STAGE_NAMES, Variant
+from twofold.core.stages.context import TaskData, load_data
+from twofold.core.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +33,8 @@ class Recorder(NullCallbacks):
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
+        self.progress_stages: set[str] = set()
+        self.metric_stages: set[str] = set()
         self.teacher: list[TeacherSample] = []
         self.student: list[StudentSample] = []
         self.label_calls: list[tuple[list[Label], dict[str, Any]]] = []
@@ -41,6 +46,14 @@ class Recorder(NullCallbacks):
     ) -> None:
         """Remember (stage, type)."""
         self.events.append((stage, type))
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """Remember which stage runs reported progress."""
+        self.progress_stages.add(stage)
+
+    def metrics(self, stage: str, step: int, values: dict[str, float]) -> None:
+        """Remember which stage runs reported metrics."""
+        self.metric_stages.add(stage)
 
     def stages_with(self, type_: str) -> list[str]:
         """Stages that emitted an event of ``type_``, in order."""
@@ -79,14 +92,12 @@ def spec(arith_teacher_url: str) -> JobSpec:
 
 
 @pytest.fixture(scope="module")
-def data(spec: JobSpec) -> pipeline.TaskData:
-    return pipeline.load_data(spec.data)
+def data(spec: JobSpec) -> TaskData:
+    return load_data(spec.data)
 
 
 @pytest.fixture(scope="module")
-def smoke_run(
-    spec: JobSpec, data: pipeline.TaskData, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
+def smoke_run(spec: JobSpec, data: TaskData, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One full run of the smoke job; its workdir is shared by the tests below."""
     workdir = tmp_path_factory.mktemp("smoke-job")
     cb = Recorder()
@@ -94,13 +105,12 @@ def smoke_run(
     return {"workdir": workdir, "cb": cb, "summaries": summaries}
 
 
-def test_every_stage_leaves_its_outputs(
-    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData
-) -> None:
+def test_every_stage_leaves_its_outputs(smoke_run: dict[str, Any], spec: JobSpec, data: TaskData) -> None:
     ws, cb, summaries = smoke_run["workdir"], smoke_run["cb"], smoke_run["summaries"]
-    assert list(summaries) == list(pipeline.STAGES)
-    assert cb.stages_with("stage_finished") == list(pipeline.STAGES)
-    for stage in pipeline.STAGES:
+    assert list(summaries) == list(STAGE_NAMES)
+    assert cb.stages_with("stage_finished") == list(STAGE_NAMES)
+    assert cb.progress_stages == set(STAGE_NAMES) and cb.metric_stages <= set(STAGE_NAMES)
+    for stage in STAGE_NAMES:
         assert json.loads((ws / "stages" / f"{stage}.json").read_text()) == json.loads(
             json.dumps(summaries[stage], default=str)
         )
@@ -156,21 +166,21 @@ def test_every_stage_leaves_its_outputs(
 
 
 def test_a_second_run_skips_every_stage(
-    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData, arith_teacher_url: str
+    smoke_run: dict[str, Any], spec: JobSpec, data: TaskData, arith_teacher_url: str
 ) -> None:
     ws = smoke_run["workdir"]
     before = health(arith_teacher_url)["requests"]
     cb = Recorder()
     again = pipeline.run_pipeline(spec, data=data, workdir=ws, callbacks=cb)
-    assert cb.stages_with("stage_skipped") == list(pipeline.STAGES)
+    assert cb.stages_with("stage_skipped") == list(STAGE_NAMES)
     assert cb.stages_with("stage_started") == []
-    assert again == {s: json.loads((ws / "stages" / f"{s}.json").read_text()) for s in pipeline.STAGES}
+    assert again == {s: json.loads((ws / "stages" / f"{s}.json").read_text()) for s in STAGE_NAMES}
     assert health(arith_teacher_url)["requests"] == before  # the teacher is not asked again
     assert not cb.teacher and not cb.checkpoints
 
 
 def test_deleting_the_rl_outputs_reruns_only_rl(
-    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData
+    smoke_run: dict[str, Any], spec: JobSpec, data: TaskData
 ) -> None:
     ws = smoke_run["workdir"]
     first_rl = load_causal_lm(ws / "rl")[0].state_dict()
@@ -180,7 +190,7 @@ def test_deleting_the_rl_outputs_reruns_only_rl(
     cb = Recorder()
     pipeline.run_pipeline(spec, data=data, workdir=ws, callbacks=cb)
     assert cb.stages_with("stage_started") == ["rl"]
-    assert cb.stages_with("stage_skipped") == [s for s in pipeline.STAGES if s != "rl"]
+    assert cb.stages_with("stage_skipped") == [s for s in STAGE_NAMES if s != "rl"]
     assert (ws / "stages" / "rl.json").exists()
     rerun_rl = load_causal_lm(ws / "rl")[0].state_dict()
     # same seed, same inputs: the rerun reproduces the first RL checkpoint
@@ -188,10 +198,63 @@ def test_deleting_the_rl_outputs_reruns_only_rl(
     assert (ws / "evaluation.json").read_text() == evaluation
 
 
+GOLD = Variant("rl_gold", "rl", {"rl": {"reward": "gold"}})
+SCORE_GOLD = Variant(
+    "evaluation_gold", "evaluation", {"evaluation": {"evaluate_teacher": False, "models": ["rl_gold"]}}
+)
+
+
+def test_a_variant_runs_under_its_own_name_as_the_stage_would_with_its_overrides(
+    smoke_run: dict[str, Any], spec: JobSpec, data: TaskData, tmp_path: Path
+) -> None:
+    """The demo's gold control: RL against gold answers as ``rl_gold``, then a score of that checkpoint."""
+    ws = tmp_path / "job"
+    shutil.copytree(smoke_run["workdir"], ws)
+    rl_before = (ws / "rl" / "model.safetensors").read_bytes()
+    evaluation_before = json.loads((ws / "evaluation.json").read_text())
+    cb = Recorder()
+    summaries = pipeline.run_pipeline(spec, data=data, workdir=ws, callbacks=cb, stages=[GOLD, SCORE_GOLD])
+
+    assert cb.stages_with("stage_started") == ["rl_gold", "evaluation_gold"]
+    assert cb.metric_stages == {"rl_gold"} and cb.progress_stages == {"rl_gold", "evaluation_gold"}
+    assert {stage for stage, _ in cb.events} == {"rl_gold", "evaluation_gold"}
+    assert [(s, k) for s, k, _ in cb.checkpoints] == [("rl_gold", "policy")]
+    assert summaries["rl_gold"]["reward_source"] == "gold" and summaries["rl_gold"]["steps"] == 3
+    assert json.loads((ws / "stages" / "rl_gold.json").read_text())["reward_source"] == "gold"
+    assert not (ws / "rl_gold_state").exists()
+    assert (ws / "rl" / "model.safetensors").read_bytes() == rl_before  # the method's checkpoint is untouched
+
+    assert [r.model for r in cb.evaluations] == ["rl_gold"]
+    assert set(summaries["evaluation_gold"]) == {"rl_gold", "seconds"}
+    evaluation = json.loads((ws / "evaluation.json").read_text())
+    scored = json.loads(json.dumps(summaries["evaluation_gold"]["rl_gold"]))
+    assert evaluation == {**evaluation_before, "rl_gold": scored} and scored["n"] == TEST
+    assert len((ws / "eval_items" / "rl_gold.jsonl").read_text().splitlines()) == TEST
+
+    # the variant is the rl stage with its overrides, seeded the same: the plain stage on a gold spec matches it
+    plain = tmp_path / "plain"
+    shutil.copytree(smoke_run["workdir"], plain)
+    (plain / "stages" / "rl.json").unlink()
+    gold_spec = GOLD.apply(spec)
+    pipeline.run_pipeline(gold_spec, data=data, workdir=plain, callbacks=Recorder(), stages=["rl"])
+    a, b = load_causal_lm(ws / "rl_gold")[0].state_dict(), load_causal_lm(plain / "rl")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scoring_a_checkpoint_that_no_run_wrote_fails_naming_the_field(
+    smoke_run: dict[str, Any], spec: JobSpec, data: TaskData, tmp_path: Path, arith_teacher_url: str
+) -> None:
+    shutil.copytree(smoke_run["workdir"], tmp_path / "job")
+    before = health(arith_teacher_url)["requests"]
+    with pytest.raises(FileNotFoundError, match="evaluation.models: no checkpoint 'rl_gold'"):
+        pipeline.run_stage(SCORE_GOLD, spec=spec, data=data, workdir=tmp_path / "job", callbacks=Recorder())
+    assert health(arith_teacher_url)["requests"] == before  # it failed before asking the teacher anything
+
+
 def test_teacher_sampling_resumes_by_requesting_only_missing_samples(
     smoke_run: dict[str, Any],
     spec: JobSpec,
-    data: pipeline.TaskData,
+    data: TaskData,
     arith_teacher_url: str,
     tmp_path: Path,
 ) -> None:
@@ -216,7 +279,7 @@ def test_teacher_sampling_resumes_by_requesting_only_missing_samples(
 
 
 def test_an_implicit_reward_model_scores_rl_against_the_sft_reference(
-    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData, tmp_path: Path
+    smoke_run: dict[str, Any], spec: JobSpec, data: TaskData, tmp_path: Path
 ) -> None:
     """The demo's reward model kind: a copy of the SFT policy whose reward is beta * log(pi_rm / pi_sft)."""
     ws = tmp_path / "job"
@@ -248,7 +311,7 @@ def test_an_implicit_reward_model_scores_rl_against_the_sft_reference(
 def test_sft_with_a_holdout_keeps_the_checkpoint_that_agrees_most_with_the_teacher_majority(
     smoke_run: dict[str, Any],
     spec: JobSpec,
-    data: pipeline.TaskData,
+    data: TaskData,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -262,7 +325,7 @@ def test_sft_with_a_holdout_keeps_the_checkpoint_that_agrees_most_with_the_teach
 
     shutil.copytree(smoke_run["workdir"] / "stages", tmp_path / "stages")
     shutil.copy(smoke_run["workdir"] / "teacher_samples.jsonl", tmp_path)
-    for stage in pipeline.STAGES[1:]:
+    for stage in STAGE_NAMES[1:]:
         (tmp_path / "stages" / f"{stage}.json").unlink()
     raw = spec.to_dict()
     raw["sft"] = {**raw["sft"], "epochs": 4, "holdout_questions": 16, "check_every": 1}
@@ -299,7 +362,7 @@ def test_sft_with_a_holdout_keeps_the_checkpoint_that_agrees_most_with_the_teach
     assert all(torch.equal(v, weights_at[2][k]) for k, v in saved.items())
     assert any(not torch.equal(v, weights_at[last][k]) for k, v in saved.items())
     # the check got the held-out questions with the teacher's majority answers; the SFT data lack them
-    teacher = pipeline.Workspace(tmp_path).teacher_samples()
+    teacher = Workspace(tmp_path).teacher_samples()
     votes = kept_questions(votes_by_question(teacher), held_spec.labels.min_vote_share)
     chosen = random_holdout(held_spec, sorted(votes))
     assert len(chosen) == 16
@@ -319,7 +382,7 @@ def random_holdout(spec: JobSpec, kept_ids: list[str]) -> set[str]:
 
 
 def test_a_holdout_as_large_as_the_kept_questions_is_an_error_naming_the_field(
-    smoke_run: dict[str, Any], spec: JobSpec, data: pipeline.TaskData, tmp_path: Path
+    smoke_run: dict[str, Any], spec: JobSpec, data: TaskData, tmp_path: Path
 ) -> None:
     shutil.copy(smoke_run["workdir"] / "teacher_samples.jsonl", tmp_path)
     (tmp_path / "stages").mkdir()
