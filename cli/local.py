@@ -14,19 +14,29 @@ from typing import Any
 import click
 
 from twofold.cli.progress import FileCallbacks
+from twofold.core.stages import STAGE_NAMES, Variant
+
+#: The demo's gold-reward control: RL of the same SFT student against gold answers (an upper bound the method
+#: does not reach for), then a greedy score of that checkpoint; each run under its own name.
+GOLD_CONTROL = (
+    Variant("rl_gold", "rl", {"rl": {"reward": "gold"}}),
+    Variant(
+        "evaluation_gold", "evaluation", {"evaluation": {"evaluate_teacher": False, "models": ["rl_gold"]}}
+    ),
+)
 
 
 def _load_spec(path: Path) -> Any:
-    import yaml
-
     from twofold.core.configs import ConfigError, JobSpec
+    from twofold.core.yaml_spec import SpecSyntaxError, load_spec_file
 
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise click.ClickException(f"{path}: not valid YAML: {exc}") from exc
+        raw = load_spec_file(path)
+    except SpecSyntaxError as exc:
+        where = f"{path}:{exc.line}" if exc.line is not None else str(path)
+        raise click.ClickException(f"{where}: {exc.message}") from None
     try:
-        return JobSpec.from_dict(raw or {})
+        return JobSpec.from_dict(raw)
     except ConfigError as exc:
         raise click.ClickException(f"invalid job spec: {exc.param}: {exc.message}") from exc
 
@@ -62,20 +72,23 @@ def preflight(spec: Any) -> None:
     default=None,
     help="output directory (default: runs/<job file name>)",
 )
-@click.option("--stage", "stages", multiple=True, help="run only these stages (repeatable); default: all")
+@click.option(
+    "--stage",
+    "stages",
+    multiple=True,
+    type=click.Choice(STAGE_NAMES),
+    help="run only these stages (repeatable); default: all, in this order",
+)
 def run_cmd(job_file: Path, out_dir: Path | None, stages: tuple[str, ...]) -> None:
     """Run the distillation job in JOB_FILE (YAML) in this process.
 
-    Stages: teacher_sampling -> sft -> labeling -> reward_model -> rl -> evaluation. Finished stages found in
-    the output directory are skipped, so a rerun resumes an interrupted job. An invalid spec, a missing model or
-    data path, or an unreachable teacher fails before anything is written.
+    Finished stages found in the output directory are skipped, so a rerun resumes an interrupted job. An invalid
+    spec, a missing model or data path, or an unreachable teacher fails before anything is written.
     """
-    from twofold.core.pipeline import STAGES, load_data, run_pipeline
+    from twofold.core.pipeline import run_pipeline
+    from twofold.core.stages.context import load_data
 
     spec = _load_spec(job_file)
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        raise click.ClickException(f"--stage: unknown stage {bad[0]!r}; stages are {', '.join(STAGES)}")
     preflight(spec)
     try:
         data = load_data(spec.data)
@@ -88,7 +101,7 @@ def run_cmd(job_file: Path, out_dir: Path | None, stages: tuple[str, ...]) -> No
     cb = FileCallbacks(out)
     try:
         with cb:
-            summaries = run_pipeline(spec, data=data, workdir=out, callbacks=cb, stages=stages or STAGES)
+            summaries = run_pipeline(spec, data=data, workdir=out, callbacks=cb, stages=stages or STAGE_NAMES)
     except KeyboardInterrupt:
         click.echo(f"interrupted; rerun the same command to resume from {out}", err=True)
         sys.exit(130)
@@ -161,9 +174,10 @@ def demo_cmd(
     """
     import torch
 
-    from twofold.core import pipeline
     from twofold.core.configs import JobSpec
+    from twofold.core.pipeline import run_pipeline
     from twofold.core.presets import preset_spec
+    from twofold.core.stages.context import load_data
     from twofold.core.tiny_teacher import is_current, train_tiny_teacher
     from twofold.teacher_server.process import start as start_teacher
 
@@ -207,24 +221,18 @@ def demo_cmd(
         raw = preset_spec("demo", teacher_base_url=server.url, teacher_model="tiny-teacher")
         raw["data"]["seed"] = data_seed
         spec = JobSpec.from_dict({**raw, "threads": threads})
-        data = pipeline.load_data(spec.data)
-        cb = FileCallbacks(job_dir)
-        with cb:
-            summaries = pipeline.run_pipeline(spec, data=data, workdir=job_dir, callbacks=cb)
-            for name, s in summaries.items():
-                stages[name] = s["seconds"]
-            gold: dict[str, Any] | None = None
-            if not no_gold_control:
-                t = time.monotonic()
-                import dataclasses
-
-                gspec = dataclasses.replace(spec, rl=dataclasses.replace(spec.rl, reward="gold"))
-                ctx = pipeline.context(gspec, data, job_dir, cb)
-                pipeline.run_rl(ctx, out_name="rl_gold")
-                gold = pipeline.evaluate_checkpoint(ctx, "rl_gold").summary()
-                stages["rl_gold_control"] = round(time.monotonic() - t, 1)
+        data = load_data(spec.data)
+        runs: list[str | Variant] = [*STAGE_NAMES, *([] if no_gold_control else GOLD_CONTROL)]
+        with FileCallbacks(job_dir) as cb:
+            summaries = run_pipeline(spec, data=data, workdir=job_dir, callbacks=cb, stages=runs)
     finally:
         server.stop()
+    for name in STAGE_NAMES:
+        stages[name] = summaries[name]["seconds"]
+    gold: dict[str, Any] | None = None
+    if not no_gold_control:
+        stages["rl_gold_control"] = round(sum(summaries[v.name]["seconds"] for v in GOLD_CONTROL), 1)
+        gold = summaries["evaluation_gold"]["rl_gold"]
     ev = summaries["evaluation"]
     labels = json.loads((job_dir / "label_stats.json").read_text())
     rm = summaries["reward_model"]
