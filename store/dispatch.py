@@ -7,7 +7,8 @@ import logging
 import uuid
 from typing import Any, Protocol
 
-from twofold.store.stages import STAGE_QUEUE, task_name
+from twofold.core.stages import get_stage
+from twofold.store.stages import task_name
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class CeleryDispatcher:
 
     def enqueue(self, stage_run_id: uuid.UUID, stage: str) -> None:
         """Publish ``twofold.stage.<stage>`` with the stage-run id, routed to the stage's queue."""
-        self.app.send_task(task_name(stage), args=[str(stage_run_id)], queue=STAGE_QUEUE[stage].value)
+        self.app.send_task(task_name(stage), args=[str(stage_run_id)], queue=get_stage(stage).queue.value)
 
     def ping(self) -> str:
         """Connect to the broker once (raises if it is down)."""

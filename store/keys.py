@@ -10,7 +10,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from twofold.store.models import ApiKey, Tenant
+from twofold.store.models import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "tf_"
 
@@ -46,4 +46,35 @@ def find_key(session: Session, token: str) -> ApiKey | None:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
+    return row
+
+
+def list_api_keys(session: Session, *, tenant_name: str | None = None) -> list[tuple[ApiKey, str]]:
+    """Every key (revoked ones included) with its tenant's name, oldest first; only ``tenant_name``'s when
+    given."""
+    stmt = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)
+    if tenant_name is not None:
+        stmt = stmt.where(Tenant.name == tenant_name)
+    return [(key, name) for key, name in session.execute(stmt.order_by(ApiKey.created_at, ApiKey.id))]
+
+
+def revoke_api_key(session: Session, key: str) -> ApiKey:
+    """Revoke the key whose id or shown prefix (``tf_...``, from ``list_api_keys``) is ``key``; every request
+    with it fails from the commit on. Revoking a revoked key keeps its first revocation time.
+
+    Raises:
+        ValueError: no key matches, or the prefix matches several (give the id then).
+    """
+    try:
+        rows = [row] if (row := session.get(ApiKey, uuid.UUID(key))) is not None else []
+    except ValueError:
+        rows = list(session.scalars(select(ApiKey).where(ApiKey.prefix == key)))
+    if not rows:
+        raise ValueError(f"no API key with id or prefix {key!r}; `twofold apikey list` shows them")
+    if len(rows) > 1:
+        raise ValueError(f"{len(rows)} keys start with {key!r}; give the key's id instead")
+    row = rows[0]
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
     return row

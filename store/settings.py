@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,7 +46,21 @@ class Settings(BaseSettings):
         default=200 * 1024 * 1024, description="dataset upload size limit (413 above)", ge=1
     )
     max_request_bytes: int = Field(
-        default=1024 * 1024, description="size limit of other request bodies (JSON)", ge=1
+        default=1024 * 1024, description="size limit of a job or spec request body (JSON)", ge=1
+    )
+    max_line_bytes: int = Field(
+        default=1024 * 1024, description="length limit of one line of an uploaded dataset (413 above)", ge=1
+    )
+    max_streams_per_key: int = Field(
+        default=20, description="open event streams (SSE) per API key and API process (429 above)", ge=1
+    )
+    max_streams: int = Field(
+        default=1000, description="open event streams (SSE) per API process, all keys (503 above)", ge=1
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for GET /metrics; set, /metrics needs it and adds job and stage-run counts; "
+        "unset, /metrics is open and has only the process's HTTP and stream figures",
     )
     rate_limit_per_minute: int = Field(
         default=1200, description="requests per minute per API key (0 = no limit)", ge=0

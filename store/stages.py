@@ -1,21 +1,14 @@
-"""Stage names, their queues and task names: the vocabulary that the API, the store and the workers share.
-
-These mirror ``core.pipeline.STAGES`` / ``STAGE_QUEUE`` (a test keeps them equal) so that the API, which never
-imports the training code, can create stage rows and enqueue them by task name.
+"""The service's stage vocabulary: statuses, Celery task names and queues. The stages themselves, their order and
+their queues come from the one table in ``core.stages`` (torch-free), so the API and the store never hold a copy.
 """
 
 from __future__ import annotations
 
 import enum
 
+from twofold.core.stages import Queue, get_stage
 
-class Queue(enum.StrEnum):
-    """Celery queues: ``io`` for teacher calls and bookkeeping, ``gpu`` for training, ``default`` for the
-    sweeper."""
-
-    gpu = "gpu"
-    io = "io"
-    default = "default"
+__all__ = ["FINISHED", "SWEEP_TASK", "Queue", "Status", "task_name"]
 
 
 class Status(enum.StrEnum):
@@ -30,14 +23,9 @@ class Status(enum.StrEnum):
 
 FINISHED = frozenset({Status.succeeded, Status.failed, Status.cancelled})
 
-STAGES: tuple[str, ...] = ("teacher_sampling", "sft", "labeling", "reward_model", "rl", "evaluation")
-STAGE_QUEUE: dict[str, Queue] = {s: (Queue.io if s == "teacher_sampling" else Queue.gpu) for s in STAGES}
-
 SWEEP_TASK = "twofold.sweep"
 
 
 def task_name(stage: str) -> str:
-    """The Celery task name that runs ``stage`` (``twofold.stage.<stage>``)."""
-    if stage not in STAGE_QUEUE:
-        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-    return f"twofold.stage.{stage}"
+    """The Celery task name that runs ``stage`` (``twofold.stage.<stage>``); ValueError for unknown stages."""
+    return f"twofold.stage.{get_stage(stage).name}"

@@ -1,14 +1,17 @@
-"""One thin Celery task per stage, each taking a stage-run id, plus the sweeper. All the work is in
-``workers.runner``; a task only finds its process's runtime and calls it."""
+"""The Celery tasks: one per entry of ``core.stages.STAGES``, all built by :func:`stage_task`, plus the sweeper.
+
+A stage task is thin: it takes a stage-run id, finds its process's runtime and calls ``workers.runner``. Its name
+(``twofold.stage.<name>``) and queue come from the stage table, so a stage added there has a task here.
+"""
 
 from __future__ import annotations
 
 import functools
-import logging
 import socket
 
 from celery import Task
 
+from twofold.core.stages import STAGES, Stage
 from twofold.store.artifacts import ArtifactStore
 from twofold.store.db import make_engine, make_session_factory
 from twofold.store.dispatch import CeleryDispatcher
@@ -16,8 +19,6 @@ from twofold.store.settings import Settings
 from twofold.store.stages import SWEEP_TASK, Queue, task_name
 from twofold.workers.app import app
 from twofold.workers.runner import Runtime, StageRunner, TransientStageError, sweep
-
-log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -46,44 +47,21 @@ class StageTask(Task):
     max_retries = 10
 
 
-def _run(stage_run_id: str) -> str:
-    return StageRunner(runtime(), worker=socket.gethostname()).run(stage_run_id)
+def stage_task(stage: Stage) -> Task:
+    """The Celery task that runs ``stage``: named ``twofold.stage.<name>``, routed to the stage's queue, taking
+    a stage-run id and returning the runner's outcome."""
+
+    def run(stage_run_id: str) -> str:
+        return StageRunner(runtime(), worker=socket.gethostname()).run(stage_run_id)
+
+    run.__name__ = run.__qualname__ = stage.name
+    run.__doc__ = stage.help
+    task: Task = app.task(base=StageTask, name=task_name(stage.name), queue=stage.queue.value)(run)
+    return task
 
 
-@app.task(base=StageTask, name=task_name("teacher_sampling"), queue=Queue.io.value)
-def teacher_sampling(stage_run_id: str) -> str:
-    """Sample the teacher for every training question (persisting each response before it is used)."""
-    return _run(stage_run_id)
-
-
-@app.task(base=StageTask, name=task_name("sft"), queue=Queue.gpu.value)
-def sft(stage_run_id: str) -> str:
-    """Fine-tune the student on the teacher answers that agree with the majority."""
-    return _run(stage_run_id)
-
-
-@app.task(base=StageTask, name=task_name("labeling"), queue=Queue.gpu.value)
-def labeling(stage_run_id: str) -> str:
-    """Draw student samples and pseudo-label teacher and student responses."""
-    return _run(stage_run_id)
-
-
-@app.task(base=StageTask, name=task_name("reward_model"), queue=Queue.gpu.value)
-def reward_model(stage_run_id: str) -> str:
-    """Train the reward model on the pseudo-labels."""
-    return _run(stage_run_id)
-
-
-@app.task(base=StageTask, name=task_name("rl"), queue=Queue.gpu.value)
-def rl(stage_run_id: str) -> str:
-    """RL of the SFT student against the reward model."""
-    return _run(stage_run_id)
-
-
-@app.task(base=StageTask, name=task_name("evaluation"), queue=Queue.gpu.value)
-def evaluation(stage_run_id: str) -> str:
-    """Score the teacher, the SFT student and the RL student on the held-out split."""
-    return _run(stage_run_id)
+#: Stage name -> its task.
+STAGE_TASKS: dict[str, Task] = {stage.name: stage_task(stage) for stage in STAGES}
 
 
 @app.task(name=SWEEP_TASK, queue=Queue.default.value, ignore_result=True)

@@ -20,11 +20,12 @@ from twofold.api.idempotency import Outcome
 from twofold.api.jobs.schemas import JobCreate, JobError, JobOut, StageRunOut
 from twofold.api.pagination import keyset_page, parse_id
 from twofold.core.configs import JobSpec
+from twofold.store import flows
 from twofold.store import jobs as ops
 from twofold.store.dispatch import Dispatcher, enqueue_quietly
 from twofold.store.models import Job, StageRun, utcnow
 from twofold.store.settings import Settings
-from twofold.store.stages import STAGES, Status
+from twofold.store.stages import Status
 
 DATA_DIR_TASKS = ("gsm8k", "mmlu_pro")
 
@@ -95,7 +96,7 @@ def job_out(job: Job, stages: list[StageRun]) -> JobOut:
         metadata=job.metadata_,
         dataset=dataset,
         current_stage=job.current_stage,
-        progress=round(sum(_fraction(s) for s in stages) / len(STAGES), 4),
+        progress=round(sum(_fraction(s) for s in stages) / max(len(stages), 1), 4),
         cancel_requested=job.cancel_requested,
         error=error,
         created_at=job.created_at,
@@ -153,13 +154,8 @@ def list_jobs(
 
 # --- writes ----------------------------------------------------------------------------------------------------
 def _server_paths(raw: dict[str, Any], settings: Settings) -> None:
-    """Paths in a user's spec are server paths: data paths come only from `dataset`, and `student.path` must
-    stay inside the models directory."""
-    data = raw.get("data")
-    if isinstance(data, dict) and data.get("path") is not None:
-        raise ValidationFailed(
-            "is set by the server; upload a dataset and pass its id as `dataset` instead", param="data.path"
-        )
+    """`student.path` in a user's spec is a server path, and must stay inside the models directory (data paths
+    are the server's own: see :func:`resolve_spec`)."""
     student = raw.get("student")
     if isinstance(student, dict) and isinstance(student.get("path"), str):
         root = Path(settings.models_dir).resolve()
@@ -198,10 +194,12 @@ def resolve_spec(
     data = raw.setdefault("data", {})
     if not isinstance(data, dict):
         raise ValidationFailed("must be a mapping", param="data")
+    # A spec's `data.path` names a file where the spec was written (`twofold run` reads it there); the server
+    # never reads it: an uploaded `dataset` or the server's own copy of a benchmark takes its place.
+    given_path = data.pop("path", None)
     dataset_id = None
     if body.dataset in BUILTIN_DATASETS:
         data["task"] = body.dataset
-        data.pop("path", None)
     elif body.dataset is not None:
         try:
             dataset = get_dataset(session=session, who=who, dataset_id=body.dataset)
@@ -209,6 +207,17 @@ def resolve_spec(
             raise NotFound(exc.message, param="dataset") from None
         data.update(task="custom", path=dataset.uri, has_gold=dataset.has_answers)
         dataset_id = dataset.id
+    elif data.get("task") == "custom":
+        raise ValidationFailed(
+            "task 'custom' trains on an uploaded dataset: upload the JSONL file (POST /v1/datasets or "
+            "`twofold datasets upload`) and pass its id as `dataset`",
+            param="dataset",
+        )
+    elif given_path is not None and data.get("task", "arithmetic") == "arithmetic":
+        raise ValidationFailed(
+            "the arithmetic task generates its questions and reads no file; remove `data.path`",
+            param="data.path",
+        )
     if data.get("task") in DATA_DIR_TASKS:
         data["path"] = str(Path(settings.data_dir).resolve() / data["task"])
     try:
@@ -263,7 +272,7 @@ def cancel(*, session: Session, who: Principal, job_id: str) -> Outcome:
     """Request cancellation (409 when the job already finished). Pending stages are cancelled at once; a
     running stage stops at its next check, within seconds, and then the job reads ``cancelled``."""
     job = get_job(session=session, who=who, job_id=job_id, lock=True)
-    ops.request_cancel(session, job)
+    flows.request_cancel(session, job)
     session.flush()
     return Outcome(body=job_out(job, ops.stages_of(session, job.id)))
 
@@ -271,7 +280,7 @@ def cancel(*, session: Session, who: Principal, job_id: str) -> Outcome:
 def retry(*, session: Session, who: Principal, job_id: str, dispatcher: Dispatcher) -> Outcome:
     """Resume a failed or cancelled job from its first unfinished stage (409 otherwise)."""
     job = get_job(session=session, who=who, job_id=job_id, lock=True)
-    first = ops.reset_for_retry(session, job)
+    first = flows.reset_for_retry(session, job)
     session.flush()
     return Outcome(
         body=job_out(job, ops.stages_of(session, job.id)),

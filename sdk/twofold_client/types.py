@@ -26,14 +26,11 @@ __all__ = [
     "Evaluation",
     "MetricPoint",
     "Preset",
-    "STAGES",
     "TERMINAL_STATUSES",
 ]
 
 JobStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 
-#: Stage names in the order a job runs them.
-STAGES = ("teacher_sampling", "sft", "labeling", "reward_model", "rl", "evaluation")
 #: Statuses after which a job or stage no longer changes (until a retry).
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 

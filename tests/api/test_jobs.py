@@ -11,11 +11,11 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from tests.services import REDIS_URL, require
+from twofold.core.stages import STAGE_NAMES
 from twofold.store.dispatch import CeleryDispatcher
 from twofold.store.models import Event, Job
 from twofold.store.settings import Settings
-from twofold.store.stages import STAGES
-from twofold.store.testing import REDIS_URL, require
 
 pytestmark = pytest.mark.services
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.services
 def test_create_returns_the_job_with_its_stages_and_redacts_the_key(api) -> None:
     job = api.create_job(api.a, spec=api.spec(), metadata={"team": "x"})
     assert job["object"] == "job" and job["status"] == "pending" and job["preset"] is None
-    assert [s["name"] for s in job["stages"]] == list(STAGES)
+    assert [s["name"] for s in job["stages"]] == list(STAGE_NAMES)
     assert [s["queue"] for s in job["stages"]] == ["io", "gpu", "gpu", "gpu", "gpu", "gpu"]
     assert job["spec"]["teacher"]["api_key"] == "***"
     assert job["spec"]["rl"]["batch_size"] == 4 and job["spec"]["sft"]["epochs"] == 2.0  # resolved defaults

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from twofold.store.testing import db_connection, pg_engine, pg_url  # noqa: F401  (fixtures)
+from tests.services import db_connection, pg_engine, pg_url  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

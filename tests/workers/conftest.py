@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from twofold.store.testing import REDIS_URL, free_port, require, temp_schema
+from tests.services import REDIS_URL, free_port, require, temp_schema
 
 REPO = Path(__file__).resolve().parents[2]
 TWOFOLD = [sys.executable, "-c", "from twofold.cli.main import cli; cli()"]

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from twofold.store.testing import free_port
+from tests.services import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]

@@ -1,10 +1,10 @@
 """Helpers and pytest fixtures for tests that use the real PostgreSQL and Redis (any test package may import
-them; this module is for tests only and imports pytest).
+them).
 
 ``service_problem("postgres")`` says why a service is unusable (None when it is up); ``require(...)`` skips
 the calling test with that reason, or fails it when ``CI=true``. ``temp_schema()`` gives a PostgreSQL URL
 whose ``search_path`` is a fresh schema, dropped afterwards, so parallel test sessions never collide.
-Fixtures (``from twofold.store.testing import pg_url, pg_engine, db_connection  # noqa: F401`` in a conftest):
+Fixtures (``from tests.services import pg_url, pg_engine, db_connection  # noqa: F401`` in a conftest):
 ``pg_url`` a migrated schema for the session, ``pg_engine`` an engine on it, ``db_connection`` a connection in
 a transaction rolled back after each test.
 """
