@@ -1,28 +1,27 @@
 """The internal web dashboard at ``/dashboard``: sign-in with an API key (kept in an HttpOnly cookie), and the
 jobs, job and new-job pages.
 
-The pages are static shells; their scripts (``static/*.js``, no build step, no third-party code) read the same
-``/v1`` API as every other client, authenticated by the cookie (``api.deps.current_principal``), so the
-dashboard sees exactly what the key's tenant sees.
+The pages are static shells, rendered from ``templates/`` by Jinja2 with autoescaping (every value put into a
+page is HTML-escaped); their scripts (``static/*.js``, no build step, no third-party code) read the same ``/v1``
+API as every other client, authenticated by the cookie (``api.deps.current_principal``), so the dashboard sees
+exactly what the key's tenant sees.
 """
 
 from __future__ import annotations
 
-import html
-import json
-import string
-from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-import yaml
 from fastapi import APIRouter, Body, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from sqlalchemy.orm import Session
 
 from twofold.api.deps import DASHBOARD_COOKIE, CurrentTenant, SessionDep, get_session
 from twofold.api.errors import Forbidden, NotFound, ValidationFailed
+from twofold.core.yaml_spec import MAX_SPEC_CHARS, SpecSyntaxError, load_spec
 from twofold.store.keys import find_key
 from twofold.store.models import Tenant
 
@@ -31,7 +30,6 @@ STATIC = HERE / "static"
 TEMPLATES = HERE / "templates"
 PREFIX = "/dashboard"
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
-MAX_SPEC_CHARS = 200_000
 # Only our own scripts and styles run: no inline script, nothing from another origin, no framing.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
@@ -43,29 +41,50 @@ SECURITY_HEADERS = {
 _STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
-
-
-@cache
-def _template(name: str) -> string.Template:
-    return string.Template((TEMPLATES / name).read_text(encoding="utf-8"))
-
-
-def render_page(
-    *, title: str, body: str, script: str | None = None, nav: str = "", data: dict[str, str] | None = None
-) -> str:
-    """A full page: the layout around the template ``body`` (``data`` goes to ``data-*`` attributes of the
-    ``<main>`` element, where the page's script reads it; every value is HTML-escaped)."""
-    attrs = "".join(
-        f' data-{k.replace("_", "-")}="{html.escape(v, quote=True)}"' for k, v in (data or {}).items()
+# Every page extends layout.html; a variable a template names but the route does not give is an error.
+templates = Jinja2Templates(
+    env=Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
-    scripts = f'<script type="module" src="{PREFIX}/static/{script}"></script>' if script else ""
-    return _template("layout.html").substitute(
-        title=html.escape(title), nav=nav, body=body, attrs=attrs, scripts=scripts, prefix=PREFIX
+)
+
+
+def render(
+    request: Request,
+    template: str,
+    *,
+    title: str,
+    tenant: str | None = None,
+    active: str = "",
+    script: str | None = None,
+    data: dict[str, str] | None = None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    """The page ``template`` inside the layout, with the security headers. ``tenant`` (signed in) shows the
+    navigation with ``active`` marked; ``script`` is the page's module in ``static/``; ``data`` becomes
+    ``data-*`` attributes of ``<main>``, where that script reads it."""
+    attrs = {key.replace("_", "-"): value for key, value in (data or {}).items()}
+    return templates.TemplateResponse(
+        request,
+        template,
+        {
+            "prefix": PREFIX,
+            "title": title,
+            "tenant": tenant,
+            "active": active,
+            "script": script,
+            "data": attrs,
+            **context,
+        },
+        status_code=status_code,
+        headers=SECURITY_HEADERS,
     )
-
-
-def _page(content: str, status_code: int = 200) -> HTMLResponse:
-    return HTMLResponse(content, status_code=status_code, headers=SECURITY_HEADERS)
 
 
 def _signed_in(request: Request, session: Session) -> str | None:
@@ -76,15 +95,6 @@ def _signed_in(request: Request, session: Session) -> str | None:
         return None
     tenant = session.get(Tenant, row.tenant_id)
     return tenant.name if tenant is not None else None
-
-
-def _nav(tenant: str, active: str) -> str:
-    links = [("jobs", f"{PREFIX}/", "Jobs"), ("new", f"{PREFIX}/new", "New job")]
-    items = "".join(
-        f'<a href="{href}"{" aria-current=page" if key == active else ""}>{label}</a>'
-        for key, href, label in links
-    )
-    return _template("nav.html").substitute(links=items, tenant=html.escape(tenant), prefix=PREFIX)
 
 
 def _to_login(request: Request) -> RedirectResponse:
@@ -117,14 +127,7 @@ def _shell(
     tenant = _signed_in(request, session)
     if tenant is None:
         return _to_login(request)
-    page = render_page(
-        title=title,
-        body=_template(body).substitute(prefix=PREFIX),
-        script=script,
-        nav=_nav(tenant, active),
-        data=data,
-    )
-    return _page(page)
+    return render(request, body, title=title, tenant=tenant, active=active, script=script, data=data)
 
 
 @router.get("")
@@ -150,12 +153,10 @@ def new_job_page(request: Request, session: SessionDep) -> Response:
     return _shell(request, session, active="new", title="New job", body="new.html", script="new.js")
 
 
-def _login_page(*, next_path: str, error: str = "", status_code: int = 200) -> HTMLResponse:
-    message = f'<p class="alert" role="alert" id="login-error">{html.escape(error)}</p>' if error else ""
-    body = _template("login.html").substitute(
-        error=message, next=html.escape(next_path, quote=True), prefix=PREFIX
+def _login_page(request: Request, *, next_path: str, error: str = "", status_code: int = 200) -> HTMLResponse:
+    return render(
+        request, "login.html", title="Sign in", status_code=status_code, next=next_path, error=error
     )
-    return _page(render_page(title="Sign in", body=body), status_code)
 
 
 @router.get("/login")
@@ -163,7 +164,7 @@ def login_page(request: Request, session: SessionDep, next: str | None = None) -
     """The sign-in form (straight to the dashboard when the cookie is already valid)."""
     if _signed_in(request, session) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
-    return _login_page(next_path=_safe_next(next))
+    return _login_page(request, next_path=_safe_next(next))
 
 
 @router.post("/login")
@@ -178,6 +179,7 @@ def login(
     token = api_key.strip()
     if not token or find_key(session, token) is None:
         return _login_page(
+            request,
             next_path=_safe_next(next),
             error="That API key is invalid or revoked." if token else "Paste an API key.",
             status_code=401,
@@ -214,18 +216,11 @@ def parse_spec(
     ``POST /v1/jobs``; errors name the line (``param: "spec line N"``)."""
     del who  # authentication only
     try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"spec line {mark.line + 1}" if mark is not None else "spec"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ValidationFailed(f"the spec is neither valid YAML nor JSON: {problem}", param=where) from None
-    if not isinstance(spec, dict):
-        raise ValidationFailed(
-            f"the spec must be a mapping (teacher:, student:, data:, ...), not a {type(spec).__name__}",
-            param="spec",
-        )
-    return {"spec": json.loads(json.dumps(spec, default=str))}  # dates and the like become strings
+        spec = load_spec(text)
+    except SpecSyntaxError as exc:
+        where = f"spec line {exc.line}" if exc.line is not None else "spec"
+        raise ValidationFailed(f"the spec cannot be read: {exc.message}", param=where) from None
+    return {"spec": spec}
 
 
 @router.get("/static/{name}")

@@ -4,7 +4,8 @@ driven by Playwright.
 
 ``dash_server`` (session): the API with two tenants' keys. ``smoke_job`` (session): the finished smoke job.
 ``browser`` (session): Chromium. ``page``: a fresh 1280x900 browser context and page, not signed in;
-``signed_in`` signs a page in through the form.
+``signed_in`` signs a page in through the form. ``dash_app``: the app in-process on a PostgreSQL schema, each
+test in a rolled-back transaction, for the pages' HTML without a browser.
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection
+from sqlalchemy.orm import sessionmaker
 
 from tests.sdk.servers import ApiServer, start_server, stop_server
+from tests.services import db_connection, pg_engine, pg_url  # noqa: F401  (fixtures)
+from twofold.api.main import create_app
+from twofold.store.dispatch import NullDispatcher
+from twofold.store.keys import create_api_key
+from twofold.store.settings import Settings
 
 CHROMIUM = os.environ.get("TWOFOLD_TEST_CHROMIUM", "/usr/bin/chromium")
 # Never `playwright install`: Debian's chromium is the browser, launched with flags that keep it offline.
@@ -55,6 +64,25 @@ def wait_for_job(
         if time.monotonic() > deadline:
             pytest.fail(f"job {job_id} still {job['status']} after {timeout_s:.0f} s:\n{server.log()}")
         time.sleep(0.5)
+
+
+@pytest.fixture
+def dash_app(db_connection: Connection, tmp_path: Path) -> Iterator[tuple[TestClient, str]]:  # noqa: F811
+    """The app in this process and the API key of a tenant whose name is markup: ``(client, key)``."""
+    factory = sessionmaker(bind=db_connection, join_transaction_mode="create_savepoint")
+    with factory() as session:
+        _, key = create_api_key(session, tenant_name='<b id="x">acme & co</b>')
+        session.commit()
+    settings = Settings(
+        database_url="postgresql+psycopg://unused",  # sessions come from the test's connection
+        artifacts_url=str(tmp_path / "artifacts"),
+        data_dir=str(tmp_path / "data"),
+        models_dir=str(tmp_path / "models"),
+        rate_limit_per_minute=0,
+    )
+    app = create_app(settings, session_factory=factory, dispatcher=NullDispatcher())
+    with TestClient(app) as client:
+        yield client, key
 
 
 @pytest.fixture(scope="session")
