@@ -51,7 +51,14 @@ def get_dispatcher(request: Request) -> Dispatcher:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+#: Requests that hold a database session at once, per API process. The others wait for a turn without taking a
+#: worker thread: otherwise a burst of requests fills the threads with calls waiting for a pooled connection
+#: while the requests that hold the connections wait for a thread. It stays below the pool's 15 connections
+#: (SQLAlchemy's 5 + 10 overflow), so that the event hub and the metrics collector always find one.
+DB_CONCURRENCY = 10
+# Closed when the route function returns, before the response is sent: a client that reads slowly (or a
+# stream that lasts hours) never holds a pooled connection.
+SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=DB_CONCURRENCY)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

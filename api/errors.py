@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twofold.core.configs import ConfigError
 from twofold.store.artifacts import ArtifactPathError
-from twofold.store.jobs import TransitionError
+from twofold.store.flows import TransitionError
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,9 @@ def _http(_: Request, exc: Exception) -> JSONResponse:
     message = str(exc.detail) if exc.detail else code.replace("_", " ")
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = "no such route"
-    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+    return error_response(
+        exc.status_code, code, message, getattr(exc, "param", None), headers=getattr(exc, "headers", None)
+    )
 
 
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:

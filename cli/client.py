@@ -24,8 +24,16 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from twofold_client import APIStatusError, Checkpoint, Client, Event, Job, TwofoldError
-from twofold_client.types import STAGES
+from twofold_client import (
+    DEFAULT_RECONNECT_TIMEOUT,
+    APIStatusError,
+    Checkpoint,
+    Client,
+    Event,
+    Job,
+    TwofoldError,
+)
+from twofold_client.types import JobStatus
 
 EXIT_ERROR = 1
 EXIT_JOB_FAILED = 3
@@ -40,6 +48,11 @@ STATUS_STYLE = {
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
 err_console = Console(stderr=True)
+reconnect_option = click.option(
+    "--reconnect-timeout", type=click.FloatRange(0), default=DEFAULT_RECONNECT_TIMEOUT, show_default=True,
+    envvar="TWOFOLD_RECONNECT_TIMEOUT",
+    help="Seconds to keep reconnecting, with backoff, while the server cannot be reached (a restart).",
+)  # fmt: skip
 
 
 # --- connection options, client, errors --------------------------------------------------------------------------
@@ -63,7 +76,7 @@ def _connection_options(f: F) -> F:
     )(f)  # fmt: skip
     return click.option(
         "--base-url", envvar="TWOFOLD_BASE_URL", expose_value=False, callback=remember,
-        help="Server URL, e.g. http://localhost:8000 (default: $TWOFOLD_BASE_URL).",
+        help="Server URL, e.g. http://localhost:8080 (default: $TWOFOLD_BASE_URL).",
     )(f)  # fmt: skip
 
 
@@ -140,15 +153,13 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str] | None:
 
 
 def _load_job_file(path: Path) -> dict[str, Any]:
-    import yaml
+    from twofold.core.yaml_spec import SpecSyntaxError, load_spec_file
 
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise click.BadParameter(f"{path}: not valid YAML: {exc}", param_hint="-f") from exc
-    if not isinstance(raw, dict):
-        raise click.BadParameter(f"{path}: expected a mapping of job spec fields", param_hint="-f")
-    return raw
+        return load_spec_file(path)
+    except SpecSyntaxError as exc:
+        where = f"{path}:{exc.line}" if exc.line is not None else str(path)
+        raise click.BadParameter(f"{where}: {exc.message}", param_hint="-f") from None
 
 
 @_command(jobs, "create")
@@ -161,6 +172,7 @@ def _load_job_file(path: Path) -> dict[str, Any]:
 @click.option("--wait", is_flag=True, help="Follow the job with a live display until it finishes.")
 @click.option("--poll-interval", type=float, default=2.0, show_default=True, help="Seconds between polls.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@reconnect_option
 def create_job(
     job_file: Path | None,
     preset: str | None,
@@ -170,6 +182,7 @@ def create_job(
     wait: bool,
     poll_interval: float,
     timeout: float | None,
+    reconnect_timeout: float,
     as_json: bool,
 ) -> None:
     """Create a job from a spec file (-f) or a preset (--preset); with --wait, follow it to the end."""
@@ -184,12 +197,16 @@ def create_job(
         if not wait:
             _print_json(job) if as_json else console.print(f"created job {job.id} ({job.status})")
             return
-        job = _follow(client, job, poll_interval=poll_interval, timeout=timeout, as_json=as_json)
+        job = _follow(
+            client.with_options(reconnect_timeout=reconnect_timeout), job, poll_interval=poll_interval,
+            timeout=timeout, as_json=as_json,
+        )  # fmt: skip
     _exit_for(job)
 
 
 def _follow(client: Client, job: Job, *, poll_interval: float, timeout: float | None, as_json: bool) -> Job:
-    """Wait for the job; without --json draw each stage's progress live and print events as they come."""
+    """Wait for the job (through server restarts, within the client's reconnect budget); without --json draw
+    each stage's progress live and print events as they come."""
     if as_json:
         job = client.jobs.wait(job.id, poll_interval=poll_interval, timeout=timeout)
         _print_json(job)
@@ -245,7 +262,7 @@ def _exit_for(job: Job) -> None:
 @click.option("--status", type=click.Choice(list(STATUS_STYLE)), help="Only jobs in this status.")
 @click.option("-m", "--metadata", multiple=True, help="key=value label to match (repeatable).")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="How many jobs to show.")
-def list_jobs(status: str | None, metadata: tuple[str, ...], limit: int, as_json: bool) -> None:
+def list_jobs(status: JobStatus | None, metadata: tuple[str, ...], limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
     with _client() as client:
         page = client.jobs.list(status=status, metadata=_parse_metadata(metadata), limit=min(limit, 100))
@@ -292,11 +309,15 @@ def retry_job(job_id: str, as_json: bool) -> None:
 @_command(jobs, "logs")
 @click.argument("job_id")
 @click.option("-f", "--follow", is_flag=True, help="Stream new events live until the job finishes.")
-def job_logs(job_id: str, follow: bool, as_json: bool) -> None:
-    """Print a job's events (one JSON object per line with --json)."""
+@reconnect_option
+def job_logs(job_id: str, follow: bool, reconnect_timeout: float, as_json: bool) -> None:
+    """Print a job's events (one JSON object per line with --json); with -f, follow them live, resuming
+    after the last one printed when the connection drops or the server restarts."""
     with _client() as client:
         events: Iterable[Event] = (
-            client.jobs.events(job_id, stream=True) if follow else client.jobs.events(job_id)
+            client.jobs.events(job_id, stream=True, reconnect_timeout=reconnect_timeout)
+            if follow
+            else client.jobs.events(job_id)
         )
         for event in events:
             click.echo(event.model_dump_json() if as_json else _event_line(event))
@@ -361,9 +382,10 @@ def list_checkpoints(job_id: str, as_json: bool) -> None:
     console.print(table)
 
 
-def _checkpoint_rank(ckpt: Checkpoint) -> tuple[int, int, float]:
-    """Later stage first (rl over sft), then higher step, then newer."""
-    stage = STAGES.index(ckpt.stage) if ckpt.stage in STAGES else -1
+def _checkpoint_rank(ckpt: Checkpoint, stages: list[str]) -> tuple[int, int, float]:
+    """Later stage first (rl over sft; ``stages``: the job's stage names in order), then higher step, then
+    newer."""
+    stage = stages.index(ckpt.stage) if ckpt.stage in stages else -1
     return stage, ckpt.step or 0, ckpt.created_at.timestamp() if ckpt.created_at else 0.0
 
 
@@ -379,7 +401,8 @@ def download_checkpoint(job_id: str, checkpoint_id: str | None, out_dir: Path, a
             policies = [c for c in client.jobs.checkpoints.list(job_id) if c.kind == "policy"]
             if not policies:
                 raise click.ClickException(f"job {job_id} has no policy checkpoint yet")
-            checkpoint_id = max(policies, key=_checkpoint_rank).id
+            stages = [st.name for st in client.jobs.retrieve(job_id).stages]  # in the order the job runs them
+            checkpoint_id = max(policies, key=lambda c: _checkpoint_rank(c, stages)).id
         path = client.jobs.checkpoints.download(job_id, checkpoint_id, out_dir=out_dir)
     if as_json:
         click.echo(json.dumps({"job_id": job_id, "checkpoint_id": checkpoint_id, "path": str(path)}))

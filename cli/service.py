@@ -1,4 +1,4 @@
-"""``twofold serve``, ``twofold worker``, ``twofold db upgrade|check`` and ``twofold apikey create``.
+"""``twofold serve``, ``twofold worker``, ``twofold db upgrade|check`` and ``twofold apikey create|list|revoke``.
 
 All read the ``TWOFOLD_*`` settings (see ``store/settings.py`` and docs/service.md)."""
 
@@ -151,6 +151,63 @@ def apikey_create(tenant: str) -> None:
         engine.dispose()
     click.echo(token)
     click.echo(f"(API key for tenant {tenant!r}; it is shown only this once)", err=True)
+
+
+@apikey.command("list")
+@click.option("--tenant", help="Only this tenant's keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+def apikey_list(tenant: str | None, as_json: bool) -> None:
+    """List API keys (id, prefix, tenant, created, revoked), oldest first; tokens are never shown."""
+    import json
+
+    from twofold.store.db import make_engine, make_session_factory
+    from twofold.store.keys import list_api_keys
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            rows = [
+                {
+                    "id": str(key.id),
+                    "prefix": key.prefix,
+                    "tenant": name,
+                    "created_at": key.created_at.isoformat(),
+                    "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+                }
+                for key, name in list_api_keys(session, tenant_name=tenant)
+            ]
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'id':<36}  {'prefix':<10}  {'created':<19}  {'revoked':<19}  tenant")
+    for row in rows:
+        created = str(row["created_at"])[:19].replace("T", " ")
+        revoked = str(row["revoked_at"] or "-")[:19].replace("T", " ")
+        click.echo(f"{row['id']:<36}  {row['prefix']:<10}  {created:<19}  {revoked:<19}  {row['tenant']}")
+
+
+@apikey.command("revoke")
+@click.argument("key")
+def apikey_revoke(key: str) -> None:
+    """Revoke the API key KEY (its id, or its prefix as `apikey list` shows it); requests with it fail with
+    401 at once, and its open event streams end within a second."""
+    from twofold.store.db import make_engine, make_session_factory, transaction
+    from twofold.store.keys import revoke_api_key
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            row = revoke_api_key(session, key)
+            revoked_at = row.revoked_at
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY") from exc
+    finally:
+        engine.dispose()
+    click.echo(f"revoked API key {row.id} ({row.prefix}...) at {revoked_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 def _safe_url(url: str) -> str:

@@ -16,7 +16,14 @@ from twofold.api.schemas import PLAIN_TEXT, ListOut, error_responses
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=201, response_model=DatasetOut, responses=error_responses(409, 413, 422))
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    responses=error_responses(409, 413, 422),
+    # one file and at most the `name` field, whose value is short (Starlette's default allows 1 MiB)
+    form_limits={"max_files": 1, "max_fields": 1, "max_part_size": 4096},
+)
 def upload_dataset(
     who: CurrentTenant,
     session: SessionDep,
@@ -30,7 +37,8 @@ def upload_dataset(
         str | None, Form(max_length=200, pattern=PLAIN_TEXT, description="defaults to the file name")
     ] = None,
 ) -> JSONResponse:
-    """Upload a JSONL dataset; every line is validated (422 names the line), over the size limit -> 413."""
+    """Upload a JSONL dataset; every line is validated (422 names the line); over the size limit, or a line
+    over the line limit (``param`` names it), -> 413, while the file is still being sent."""
     digest = service.file_sha256(file.file)
     return respond(
         session,
@@ -46,6 +54,7 @@ def upload_dataset(
             filename=file.filename,
             name=name,
             max_bytes=settings.max_upload_bytes,
+            max_line_bytes=settings.max_line_bytes,
         ),
     )
 

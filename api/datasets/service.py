@@ -110,11 +110,13 @@ def create_dataset(
     filename: str | None,
     name: str | None,
     max_bytes: int,
+    max_line_bytes: int,
 ) -> Outcome:
     """Validate the JSONL upload line by line while copying it into the artifact store; flush its row.
 
-    Raises ``ValidationFailed`` with ``param="line N"`` / ``"line N: field"`` on the first bad line, leaving
-    nothing behind."""
+    Raises ``ValidationFailed`` with ``param="line N"`` / ``"line N: field"`` on the first bad line, and
+    ``PayloadTooLarge`` over ``max_bytes`` in all or ``max_line_bytes`` in one line, leaving nothing behind.
+    No line is read into memory past its limit."""
     dataset_id = uuid.uuid4()
     key = ArtifactStore.dataset_key(who.tenant_id, dataset_id)
     digest = hashlib.sha256()
@@ -123,7 +125,7 @@ def create_dataset(
     try:
         with artifacts.open_write(key) as out:
             seen: dict[str, int] = {}
-            for line_no, raw in enumerate(_lines(upload), start=1):
+            for line_no, raw in enumerate(_lines(upload, max_line_bytes), start=1):
                 size += len(raw)
                 if size > max_bytes:
                     raise PayloadTooLarge(f"the file is over the {max_bytes}-byte upload limit")
@@ -163,8 +165,18 @@ def create_dataset(
     return Outcome(body=dataset_out(row), on_abort=[lambda: artifacts.delete(key)])
 
 
-def _lines(fh: IO[bytes]) -> Iterable[bytes]:
-    yield from iter(fh.readline, b"")
+def _lines(fh: IO[bytes], max_line_bytes: int) -> Iterable[bytes]:
+    """The file's lines (newline kept), each read no further than one byte past the limit."""
+    line_no = 0
+    while raw := fh.readline(max_line_bytes + 2):  # the line, its newline and one byte to tell it is over
+        line_no += 1
+        if len(raw.rstrip(b"\n")) > max_line_bytes:
+            raise PayloadTooLarge(
+                f"line {line_no} is over the {max_line_bytes}-byte line limit; each line must be one JSON "
+                "object",
+                param=f"line {line_no}",
+            )
+        yield raw
 
 
 def _parse_line(raw: bytes, line_no: int) -> dict[str, Any] | None:

@@ -1,38 +1,24 @@
-"""Job events: a paginated list, and a Server-Sent Events stream that follows the job until it finishes."""
+"""Job events: a paginated list, and a Server-Sent Events stream that follows the job until it finishes (fed by
+the process's :class:`~twofold.api.events.hub.EventHub`)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from twofold.api.deps import Page
 from twofold.api.errors import InvalidRequest
+from twofold.api.events.hub import EventHub, Subscription, event_out
 from twofold.api.events.schemas import EventOut
 from twofold.api.pagination import keyset_page
 from twofold.store.models import Event, Job
-from twofold.store.stages import FINISHED
 
-STREAM_BATCH = 500
 KEEPALIVE_S = 15.0
-
-
-def event_out(row: Event) -> EventOut:
-    """The API object of an event."""
-    return EventOut(
-        id=str(row.id),
-        seq=row.seq,
-        stage=row.stage,
-        level=row.level,
-        type=row.type,
-        message=row.message,
-        data=row.data,
-        created_at=row.created_at,
-    )
 
 
 def list_events(*, session: Session, job: Job, page: Page) -> tuple[list[EventOut], bool]:
@@ -54,51 +40,51 @@ def parse_last_event_id(value: str | None) -> int:
     return int(value)
 
 
-def _fetch(factory: sessionmaker[Session], job_id: uuid.UUID, after_seq: int) -> tuple[list[EventOut], bool]:
-    with factory() as session:
-        rows = session.scalars(
-            select(Event)
-            .where(Event.job_id == job_id, Event.seq > after_seq)
-            .order_by(Event.seq)
-            .limit(STREAM_BATCH)
-        ).all()
-        status = session.scalar(select(Job.status).where(Job.id == job_id))
-        return [event_out(r) for r in rows], status in FINISHED or status is None
-
-
 def sse(event_type: str, data: str, event_id: int | None = None) -> str:
     """One Server-Sent Events message."""
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event_type}\ndata: {data}\n\n"
 
 
-async def stream_events(
-    *,
-    factory: sessionmaker[Session],
-    job_id: uuid.UUID,
-    after_seq: int,
-    is_disconnected: Callable[[], object],
-    poll_s: float = 0.5,
-) -> AsyncIterator[str]:
-    """Events after ``after_seq`` as SSE messages, polling the database, until the job has finished and every
-    event was sent (then ``event: end``), or the client goes away."""
-    seq = after_seq
-    idle = 0.0
+async def stream_events(*, hub: EventHub, sub: Subscription) -> AsyncIterator[str]:
+    """The subscription's events as SSE messages until the job has finished and every event was sent (then
+    ``event: end``); a comment every ``KEEPALIVE_S`` while nothing happens. Ends without ``end`` when the key
+    is revoked, so that the client's reconnect meets the 401."""
+    hub.ensure_running()
     while True:
-        events, finished = await run_in_threadpool(_fetch, factory, job_id, seq)
-        for e in events:
-            yield sse(e.type, e.model_dump_json(), e.seq)
-            seq = e.seq
-        if finished and len(events) < STREAM_BATCH:
+        while sub.buffer:
+            event = sub.buffer.popleft()
+            yield sse(event.type, event.model_dump_json(), event.seq)
+        if sub.behind:
+            hub.nudge()  # sent all it held and more is waiting: the next round now
+        if sub.finished:
             yield sse("end", '{"object": "end"}')
             return
-        if events:
-            idle = 0.0
-            continue
-        if await is_disconnected():  # type: ignore[misc]
+        if sub.revoked:
             return
-        await asyncio.sleep(poll_s)
-        idle += poll_s
-        if idle >= KEEPALIVE_S:
-            idle = 0.0
+        try:
+            await asyncio.wait_for(sub.wake.wait(), timeout=KEEPALIVE_S)
+        except TimeoutError:
             yield ": keep-alive\n\n"
+        sub.wake.clear()
+
+
+class EventStreamResponse(StreamingResponse):
+    """A ``text/event-stream`` response that gives its stream slot back however the response ends (finished,
+    client gone, server stopping)."""
+
+    def __init__(self, *, hub: EventHub, sub: Subscription) -> None:
+        super().__init__(
+            stream_events(hub=hub, sub=sub),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.hub = hub
+        self.sub = sub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the stream, then release the slot."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.hub.close(self.sub)

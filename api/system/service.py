@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from twofold.api.errors import Unavailable
+from twofold.api.errors import Unauthenticated, Unavailable
+from twofold.api.events.hub import EventHub
 from twofold.store.dispatch import Dispatcher
 from twofold.store.models import Job, StageRun
 
@@ -64,6 +66,35 @@ class JobsCollector(Collector):
             return
         yield jobs
         yield stages
+
+
+class StreamsCollector(Collector):
+    """The process's open event streams and the database rounds of its event hub."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the gauge and the counter."""
+        streams = GaugeMetricFamily("twofold_event_streams", "event streams (SSE) open in this process")
+        streams.add_metric([], self.hub.open_streams)
+        polls = CounterMetricFamily(
+            "twofold_event_polls", "database rounds of the event hub (one serves every open stream)"
+        )
+        polls.add_metric([], self.hub.polls)
+        yield streams
+        yield polls
+
+
+def check_metrics_token(expected: str | None, authorization: str | None) -> bool:
+    """Whether a /metrics request may see the operator's figures: True with the right ``Bearer`` token,
+    False when no token is configured; raises ``Unauthenticated`` for a missing or wrong one."""
+    if expected is None:
+        return False
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise Unauthenticated("GET /metrics needs the operator's token: `Authorization: Bearer <token>`")
+    return True
 
 
 def route_template(scope: Scope) -> str:

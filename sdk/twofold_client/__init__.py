@@ -2,13 +2,13 @@
 
 from twofold_client import Client
 
-client = Client(base_url="http://localhost:8000", api_key="tf-...")
+client = Client(base_url="http://localhost:8080", api_key="tf_...")
 job = client.jobs.create(preset="smoke")
 job = client.jobs.wait(job.id, on_event=lambda e: print(e.stage, e.message))
 print(job.status, job.summary)
 """
 
-from ._base_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, RequestOptions
+from ._base_client import DEFAULT_MAX_RETRIES, DEFAULT_RECONNECT_TIMEOUT, DEFAULT_TIMEOUT, RequestOptions
 from ._client import AsyncClient, Client
 from ._exceptions import (
     APIConnectionError,
@@ -52,6 +52,7 @@ __all__ = [
     "AsyncClient",
     "DEFAULT_TIMEOUT",
     "DEFAULT_MAX_RETRIES",
+    "DEFAULT_RECONNECT_TIMEOUT",
     "RequestOptions",
     "TwofoldError",
     "APIError",

@@ -1,5 +1,6 @@
 """HTTP machinery shared by :class:`Client` and :class:`AsyncClient`: configuration, request building,
-retries with exponential backoff and jitter (honouring ``Retry-After``), Idempotency-Keys, error mapping."""
+retries with exponential backoff and jitter (honouring ``Retry-After``), Idempotency-Keys, error mapping, and
+the reconnect budget of calls that outlive a server restart (``jobs.wait``, event streams)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from typing import Any, TypedDict, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from ._exceptions import APIConnectionError, APIError, APITimeoutError, TwofoldError, make_status_error
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    TwofoldError,
+    make_status_error,
+)
 from ._version import __version__
 from .pagination import AsyncPage, SyncPage
 
@@ -25,11 +33,18 @@ AsyncPageT = TypeVar("AsyncPageT", bound=AsyncPage[Any])
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 DEFAULT_MAX_RETRIES = 2
+#: How long ``jobs.wait`` and event streams keep reconnecting while the server cannot be reached (seconds).
+DEFAULT_RECONNECT_TIMEOUT = 300.0
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
+#: The longest pause between two reconnects during an outage.
+MAX_RECONNECT_DELAY = 5.0
 #: A server's Retry-After above this is not waited for (the error is raised instead).
 MAX_RETRY_AFTER = 60.0
-RETRY_STATUSES = frozenset({408, 409, 429})
+# 409 is not here: the API answers it for a state (a finished job, a reused key) that a retry cannot change.
+RETRY_STATUSES = frozenset({408, 429})
+#: What a server that is restarting, or a proxy in front of it, answers.
+OUTAGE_STATUSES = frozenset({502, 503, 504})
 
 
 class RequestOptions(TypedDict, total=False):
@@ -52,6 +67,7 @@ class ClientOptions(TypedDict, total=False):
 
     timeout: float | httpx.Timeout | None
     max_retries: int
+    reconnect_timeout: float
 
 
 def _resolve(value: str | None, env: str, what: str) -> str:
@@ -84,7 +100,7 @@ def retry_after_seconds(response: httpx.Response | None) -> float | None:
 
 
 def should_retry(response: httpx.Response) -> bool:
-    """Whether a failed response is worth retrying: 408, 409, 429 and every 5xx."""
+    """Whether a failed response is worth retrying: 408, 429 and every 5xx (never 409)."""
     return response.status_code in RETRY_STATUSES or response.status_code >= 500
 
 
@@ -99,6 +115,54 @@ def retry_delay(retries_taken: int, response: httpx.Response | None = None) -> f
         return after
     delay = min(INITIAL_RETRY_DELAY * 2.0**retries_taken, MAX_RETRY_DELAY)
     return delay * (1.0 - 0.25 * random.random())
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether an error means the server cannot be reached for now: a connection error or timeout, or a 502,
+    503 or 504 (a server restarting, or a proxy in front of one)."""
+    if isinstance(exc, APIConnectionError):
+        return True
+    return isinstance(exc, APIStatusError) and exc.status_code in OUTAGE_STATUSES
+
+
+class Reconnect:
+    """The reconnect budget of one long-lived call: after a failure that :func:`is_outage` accepts, wait
+    (0.5 s doubling to 5 s, with jitter) and try again, for up to ``timeout`` seconds from the first failure of
+    the current outage; :meth:`ok` ends the outage."""
+
+    def __init__(self, timeout: float) -> None:
+        if timeout < 0:
+            raise TwofoldError(f"reconnect_timeout must be >= 0, got {timeout}")
+        self.timeout = timeout
+        self.since: float | None = None
+        self.failures = 0
+
+    def ok(self) -> None:
+        """The server answered: the next failure starts a new outage."""
+        self.since = None
+        self.failures = 0
+
+    def delay(self, exc: Exception, *, base: float | None = None) -> float:
+        """Seconds to wait before trying again after ``exc``, or raise when ``exc`` is not an outage or the
+        budget is spent. ``base`` (a stream's ``retry:`` field) replaces the first delay."""
+        if not is_outage(exc):
+            raise exc
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        left = self.since + self.timeout - now
+        if left <= 0:
+            if isinstance(exc, APIConnectionError):
+                raise APIConnectionError(
+                    request=exc.request,
+                    message=f"the server did not answer for {now - self.since:.0f}s (reconnect_timeout="
+                    f"{self.timeout:g}s); last error: {exc.message}",
+                ) from exc
+            raise exc
+        first = INITIAL_RETRY_DELAY if base is None else base
+        wait = min(first * 2.0**self.failures, MAX_RECONNECT_DELAY) * (1.0 - 0.25 * random.random())
+        self.failures += 1
+        return min(wait, left)
 
 
 def parse(response: httpx.Response, cast_to: type[ModelT]) -> ModelT:
@@ -126,13 +190,17 @@ class BaseClient:
         timeout: float | httpx.Timeout | None,
         max_retries: int,
         default_headers: Mapping[str, str] | None,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
     ) -> None:
         self.base_url = _normalise_base_url(_resolve(base_url, "TWOFOLD_BASE_URL", "base_url"))
         self.api_key = _resolve(api_key, "TWOFOLD_API_KEY", "api_key")
         if max_retries < 0:
             raise TwofoldError("max_retries must be >= 0")
+        if reconnect_timeout < 0:
+            raise TwofoldError("reconnect_timeout must be >= 0")
         self.timeout = timeout
         self.max_retries = max_retries
+        self.reconnect_timeout = reconnect_timeout
         self._default_headers = dict(default_headers or {})
 
     def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -205,6 +273,7 @@ class BaseClient:
             "api_key": self.api_key,
             "timeout": self.timeout,
             "max_retries": self.max_retries,
+            "reconnect_timeout": self.reconnect_timeout,
             "default_headers": self._default_headers,
         }
 

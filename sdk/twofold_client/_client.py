@@ -7,7 +7,14 @@ from typing import Any, Unpack
 
 import httpx
 
-from ._base_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, AsyncAPIClient, ClientOptions, SyncAPIClient
+from ._base_client import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RECONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    AsyncAPIClient,
+    ClientOptions,
+    SyncAPIClient,
+)
 from .resources import AsyncDatasets, AsyncJobs, AsyncPresets, Datasets, Jobs, Presets
 
 __all__ = ["Client", "AsyncClient"]
@@ -17,16 +24,18 @@ class Client(SyncAPIClient):
     """A blocking client of the twofold API.
 
     Args:
-        base_url: the server, e.g. ``http://localhost:8000``; defaults to ``$TWOFOLD_BASE_URL``.
+        base_url: the server, e.g. ``http://localhost:8080``; defaults to ``$TWOFOLD_BASE_URL``.
         api_key: a key from ``twofold apikey create``; defaults to ``$TWOFOLD_API_KEY``.
         timeout: seconds (or an ``httpx.Timeout``) per request; None for no limit.
-        max_retries: how often to retry connection errors, 408, 409, 429 and 5xx (with backoff).
+        max_retries: how often to retry connection errors, 408, 429 and 5xx (with backoff); never 409.
+        reconnect_timeout: how long ``jobs.wait`` and event streams keep reconnecting, with backoff, while
+            the server cannot be reached (a restart, a deploy), before they raise ``APIConnectionError``.
         default_headers: headers to send on every request.
         http_client: an ``httpx.Client`` to use (proxies, transports); the client closes it on ``close()``.
 
     Example::
 
-        client = Client(base_url="http://localhost:8000", api_key="tf-...")
+        client = Client(base_url="http://localhost:8080", api_key="tf_...")
         job = client.jobs.wait(client.jobs.create(preset="smoke").id)
     """
 
@@ -41,6 +50,7 @@ class Client(SyncAPIClient):
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
         default_headers: Mapping[str, str] | None = None,
         http_client: httpx.Client | None = None,
     ) -> None:
@@ -49,6 +59,7 @@ class Client(SyncAPIClient):
             api_key=api_key,
             timeout=timeout,
             max_retries=max_retries,
+            reconnect_timeout=reconnect_timeout,
             default_headers=default_headers,
             http_client=http_client,
         )
@@ -57,7 +68,8 @@ class Client(SyncAPIClient):
         self.presets = Presets(self)
 
     def with_options(self, **options: Unpack[ClientOptions]) -> Client:
-        """A copy with another ``timeout`` or ``max_retries``, sharing this client's connections.
+        """A copy with another ``timeout``, ``max_retries`` or ``reconnect_timeout``, sharing this client's
+        connections.
 
         Example: ``client.with_options(max_retries=0).jobs.cancel(job_id)``.
         """
@@ -96,6 +108,7 @@ class AsyncClient(AsyncAPIClient):
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
         default_headers: Mapping[str, str] | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
@@ -104,6 +117,7 @@ class AsyncClient(AsyncAPIClient):
             api_key=api_key,
             timeout=timeout,
             max_retries=max_retries,
+            reconnect_timeout=reconnect_timeout,
             default_headers=default_headers,
             http_client=http_client,
         )
@@ -112,7 +126,8 @@ class AsyncClient(AsyncAPIClient):
         self.presets = AsyncPresets(self)
 
     def with_options(self, **options: Unpack[ClientOptions]) -> AsyncClient:
-        """A copy with another ``timeout`` or ``max_retries``, sharing this client's connections."""
+        """A copy with another ``timeout``, ``max_retries`` or ``reconnect_timeout``, sharing this client's
+        connections."""
         return AsyncClient(**{**self._settings(), **options}, http_client=self._http)
 
     async def health(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Server-Sent Events: a line decoder (WHATWG rules) and event streams that reconnect with Last-Event-ID."""
+"""Server-Sent Events: a line decoder (WHATWG rules) and event streams that reconnect with Last-Event-ID, through
+server restarts, within a reconnect budget."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from ._base_client import retry_delay
-from ._exceptions import APIConnectionError
+from ._base_client import Reconnect
+from ._exceptions import APIConnectionError, APIError, APITimeoutError
 from .types import Event
 
 __all__ = ["ServerSentEvent", "SSEDecoder", "EventStream", "AsyncEventStream"]
@@ -79,25 +80,26 @@ class SSEDecoder:
                 yield sse
 
 
-class _Reconnector:
+class _StreamState:
     """Bookkeeping shared by the sync and async streams: what to yield, when to stop, how long to wait."""
 
-    def __init__(self, max_reconnects: int, last_event_id: str | None) -> None:
-        self.max_reconnects = max_reconnects
-        self.failures = 0
+    def __init__(self, reconnect_timeout: float, last_event_id: str | None) -> None:
+        self.reconnect = Reconnect(reconnect_timeout)
         self.finished = False
         self.decoder = SSEDecoder(last_event_id)
 
     def headers(self) -> dict[str, str]:
+        """The headers of the next (re)connection: ``Last-Event-ID`` once an event has been seen."""
         last = self.decoder.last_event_id
         return {"Last-Event-ID": last} if last else {}
 
     def on_line(self, line: str) -> Event | None:
         """Decode a line; return the Event it completes, if any (END and keep-alives give None)."""
         sse = self.decoder.decode(line)
+        if line.startswith(":") or sse is not None:
+            self.reconnect.ok()  # a message or a keep-alive: the connection is healthy
         if sse is None:
             return None
-        self.failures = 0  # the connection delivered something: it is healthy again
         if sse.event == END_EVENT:
             self.finished = True
             return None
@@ -105,52 +107,63 @@ class _Reconnector:
             return None
         return Event.model_validate_json(sse.data)
 
-    def on_disconnect(self, request: httpx.Request) -> float:
-        """The connection ended before ``end``: the delay before reconnecting, or raise when out of tries."""
-        self.failures += 1
-        if self.failures > self.max_reconnects:
-            raise APIConnectionError(request=request, message="event stream disconnected; out of reconnects")
-        if self.decoder.retry is not None:
-            return self.decoder.retry / 1000.0
-        return retry_delay(self.failures - 1)
+    def on_failure(self, exc: Exception) -> float:
+        """The stream could not connect, or ended before ``end``: the delay before reconnecting (the server's
+        ``retry:`` first, then doubling), or raise when ``exc`` is not an outage or the budget is spent."""
+        base = self.decoder.retry / 1000.0 if self.decoder.retry is not None else None
+        return self.reconnect.delay(exc, base=base)
+
+
+def _dropped(request: httpx.Request, exc: httpx.TransportError | None) -> APIConnectionError:
+    """The error of a stream that ended before ``end`` (``exc``: how, when the transport says)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(request=request)
+    reason = f"{type(exc).__name__}: {exc}" if exc is not None else "closed by the server"
+    return APIConnectionError(
+        request=request, message=f"event stream ended before the job finished ({reason})"
+    )
 
 
 class EventStream:
-    """An iterator over a job's events, live. Reconnects with ``Last-Event-ID`` when the connection drops,
-    and stops when the server sends ``event: end`` (the job finished). Use it as a context manager or call
+    """An iterator over a job's events, live. Reconnects with ``Last-Event-ID`` when the connection drops or
+    the server cannot be reached, with backoff, for up to ``reconnect_timeout`` seconds of outage, and stops
+    when the server sends ``event: end`` (the job finished). Use it as a context manager or call
     :meth:`close` to stop early."""
 
     def __init__(
         self,
         connect: Callable[[dict[str, str]], httpx.Response],
         *,
-        max_reconnects: int,
+        reconnect_timeout: float,
         last_event_id: str | None = None,
     ) -> None:
         self._connect = connect
-        self._state = _Reconnector(max_reconnects, last_event_id)
+        self._state = _StreamState(reconnect_timeout, last_event_id)
         self._response: httpx.Response | None = None
         self._closed = False
 
     def __iter__(self) -> Iterator[Event]:
         state = self._state
         while not state.finished and not self._closed:
-            self._response = self._connect(state.headers())
             try:
-                for line in self._response.iter_lines():
+                self._response = response = self._connect(state.headers())
+            except APIError as exc:  # the server is down or restarting (else this raises it)
+                time.sleep(state.on_failure(exc))
+                continue
+            error: httpx.TransportError | None = None
+            try:
+                for line in response.iter_lines():
                     event = state.on_line(line)
                     if event is not None:
                         yield event
                     if state.finished or self._closed:
                         return
-            except httpx.ReadTimeout:
-                continue  # a quiet stage, not a failure: reconnect at once (the finally closes the response)
-            except httpx.TransportError:
-                pass  # dropped mid-stream: reconnect below
+            except httpx.TransportError as exc:
+                error = exc
             finally:
-                self._response.close()
+                response.close()
             if not self._closed:
-                time.sleep(state.on_disconnect(self._response.request))
+                time.sleep(state.on_failure(_dropped(response.request, error)))
 
     @property
     def last_event_id(self) -> str | None:
@@ -177,33 +190,36 @@ class AsyncEventStream:
         self,
         connect: Callable[[dict[str, str]], Awaitable[httpx.Response]],
         *,
-        max_reconnects: int,
+        reconnect_timeout: float,
         last_event_id: str | None = None,
     ) -> None:
         self._connect = connect
-        self._state = _Reconnector(max_reconnects, last_event_id)
+        self._state = _StreamState(reconnect_timeout, last_event_id)
         self._response: httpx.Response | None = None
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         state = self._state
         while not state.finished and not self._closed:
-            self._response = await self._connect(state.headers())
             try:
-                async for line in self._response.aiter_lines():
+                self._response = response = await self._connect(state.headers())
+            except APIError as exc:  # the server is down or restarting (else this raises it)
+                await asyncio.sleep(state.on_failure(exc))
+                continue
+            error: httpx.TransportError | None = None
+            try:
+                async for line in response.aiter_lines():
                     event = state.on_line(line)
                     if event is not None:
                         yield event
                     if state.finished or self._closed:
                         return
-            except httpx.ReadTimeout:
-                continue  # a quiet stage, not a failure: reconnect at once (the finally closes the response)
-            except httpx.TransportError:
-                pass  # dropped mid-stream: reconnect below
+            except httpx.TransportError as exc:
+                error = exc
             finally:
-                await self._response.aclose()
+                await response.aclose()
             if not self._closed:
-                await asyncio.sleep(state.on_disconnect(self._response.request))
+                await asyncio.sleep(state.on_failure(_dropped(response.request, error)))
 
     @property
     def last_event_id(self) -> str | None:

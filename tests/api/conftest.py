@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.services import db_connection, pg_engine, pg_url  # noqa: F401  (fixtures)
 from twofold.api.main import create_app
 from twofold.store.dispatch import Dispatcher, NullDispatcher
 from twofold.store.keys import create_api_key
 from twofold.store.settings import Settings
-from twofold.store.testing import db_connection, pg_engine, pg_url  # noqa: F401  (fixtures)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from twofold.store.testing import free_port
+from tests.services import free_port
 
 pytestmark = pytest.mark.services
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.services import free_port
 from twofold.api.main import create_app
 from twofold.store.db import make_engine, make_session_factory
 from twofold.store.dispatch import CeleryDispatcher
 from twofold.store.keys import create_api_key
 from twofold.store.migrate import upgrade
 from twofold.store.settings import Settings
-from twofold.store.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,15 +54,28 @@ def test_error_body_for_unknown_routes_methods_and_bad_input(api) -> None:
 
 
 @pytest.mark.services
-def test_health_readiness_and_metrics(api) -> None:
+def test_health_readiness_and_metrics(make_api) -> None:
+    api = make_api(metrics_token="op-secret")
     assert api.client.get("/healthz").json() == {"status": "ok"}
     assert api.client.get("/readyz").json() == {"database": "ok", "broker": "disabled"}
     api.create_job(api.a)
     api.client.get("/v1/jobs", headers=api.a)
-    text = api.client.get("/metrics").text
+    text = api.client.get("/metrics", headers={"Authorization": "Bearer op-secret"}).text
     assert 'twofold_jobs{status="pending"} 1.0' in text
     assert 'twofold_http_requests_total{method="GET",route="/v1/jobs",status="200"}' in text
     assert 'twofold_stage_runs{stage="sft",status="pending"} 1.0' in text
+    assert "twofold_event_streams 0.0" in text
+    for wrong in ({}, {"Authorization": "Bearer op-secre"}, api.a):  # a tenant's key is not the token
+        refused = api.client.get("/metrics", headers=wrong)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthenticated"
+
+
+@pytest.mark.services
+def test_metrics_without_a_token_show_no_tenant_figures(api) -> None:
+    api.create_job(api.a)
+    text = api.client.get("/metrics").text
+    assert "twofold_http_requests_total" in text and "twofold_event_streams" in text
+    assert "twofold_jobs" not in text and "twofold_stage_runs" not in text
 
 
 @pytest.mark.services

@@ -26,9 +26,9 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.reliability.faulty_teacher import FaultyTeacher
+from tests.services import free_port, require, temp_schema
 from tests.workers.conftest import Stack
 from twofold.store.db import make_engine
-from twofold.store.testing import free_port, require, temp_schema
 
 WORKER_APP = "tf-reliability-worker"
 SECRET = "sk-reliability-" + uuid.uuid4().hex  # a teacher API key that must never come back out
@@ -150,10 +150,11 @@ class RelStack(Stack):
             self.spawn(name, "worker", "--queues", "gpu,io,default", "--beat", "--loglevel", "info")
         return name
 
-    def spawn_api(self, name: str, **values: str) -> tuple[str, str]:
-        """Start a ``twofold serve`` with these settings (a new ``database_url`` is migrated first) and an API
-        key on its database; returns (base URL, key) once it is ready."""
-        port = free_port()
+    def spawn_api(self, name: str, port: int | None = None, **values: str) -> tuple[str, str]:
+        """Start a ``twofold serve`` with these settings (a new ``database_url`` is migrated first), on
+        ``port`` (default: a free one), and an API key on its database; returns (base URL, key) once it is
+        ready."""
+        port = port or free_port()
         with self.settings(**values):
             if "database_url" in values:
                 self.run("db", "upgrade")

@@ -23,7 +23,7 @@ from schemathesis.checks import (
 )
 
 from tests.reliability.conftest import RelStack
-from twofold.store.testing import temp_schema
+from tests.services import temp_schema
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

@@ -44,9 +44,10 @@ Handler = Callable[[Seen], Reply]
 
 
 class LoopbackServer:
-    """``with LoopbackServer(handler) as srv: srv.url``; ``srv.seen`` lists the requests in order."""
+    """``with LoopbackServer(handler) as srv: srv.url``; ``srv.seen`` lists the requests in order. ``port``
+    (default: any free one) lets a test bring a server back where a client expects it."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, port: int = 0) -> None:
         self.handler = handler
         self.seen: list[Seen] = []
         outer = self
@@ -91,7 +92,7 @@ class LoopbackServer:
 
             do_GET = do_POST = do_DELETE = _serve
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _H)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)

@@ -11,12 +11,14 @@ import json
 import socket
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import twofold_client as tc
 from tests.sdk.loopback import LoopbackServer, Reply, Seen
+from tests.services import free_port
 from twofold_client._archive import safe_extract
 from twofold_client._base_client import retry_delay
 
@@ -124,14 +126,17 @@ def test_max_retries_per_client_and_per_call() -> None:
         assert len(srv.seen) == 7
 
 
-def test_4xx_other_than_408_409_429_is_not_retried() -> None:
+@pytest.mark.parametrize(
+    ("status", "code"), [(404, "not_found"), (409, "conflict"), (422, "validation_error")]
+)
+def test_4xx_other_than_408_and_429_is_not_retried(status: int, code: str) -> None:
     with (
-        LoopbackServer(lambda s: Reply.error(404, "not_found", "no job")) as srv,
-        _client(srv.url) as client,
-        pytest.raises(tc.NotFoundError),
+        LoopbackServer(lambda s: Reply.error(status, code, "no")) as srv,
+        _client(srv.url, max_retries=3) as client,
+        pytest.raises(tc.APIStatusError) as info,
     ):
-        client.jobs.retrieve("nope")
-    assert len(srv.seen) == 1
+        client.jobs.cancel("j1")
+    assert len(srv.seen) == 1 and info.value.status_code == status
 
 
 def test_connection_refused_is_a_connection_error() -> None:
@@ -240,17 +245,87 @@ def test_event_stream_reconnects_with_last_event_id() -> None:
     assert srv.seen[1].headers["last-event-id"] == "2"
 
 
-def test_event_stream_gives_up_after_max_retries_reconnects() -> None:
+def test_event_stream_that_keeps_ending_early_gives_up_after_the_reconnect_budget() -> None:
     def handler(seen: Seen) -> Reply:
-        return Reply(200, headers={"Content-Type": "text/event-stream"}, chunks=[b"retry: 1\n\n"])
+        return Reply(200, headers={"Content-Type": "text/event-stream"}, chunks=[b"retry: 10\n\n"])
 
+    start = time.monotonic()
     with (
         LoopbackServer(handler) as srv,
-        _client(srv.url, max_retries=2) as client,
-        pytest.raises(tc.APIConnectionError),
+        _client(srv.url, reconnect_timeout=1.0) as client,
+        pytest.raises(tc.APIConnectionError) as info,
     ):
         list(client.jobs.events("j1", stream=True))
-    assert len(srv.seen) == 3
+    assert 1.0 <= time.monotonic() - start < 3.0
+    assert 3 <= len(srv.seen) <= 12  # 10 ms doubling: a handful of tries, not a busy loop
+    assert "reconnect_timeout=1s" in info.value.message
+
+
+def _outage(down_for: float, then: Callable[[Seen], Reply]) -> Callable[[Seen], Reply]:
+    """A server that answers 503 (as a restarting one behind a proxy does) for ``down_for`` seconds."""
+    up_at = time.monotonic() + down_for
+
+    def handler(seen: Seen) -> Reply:
+        if time.monotonic() < up_at:
+            return Reply.error(503, "unavailable", "restarting")
+        return then(seen)
+
+    return handler
+
+
+def test_wait_rides_out_an_outage_longer_than_its_retries() -> None:
+    finished = {**JOB, "status": "succeeded"}
+    with (
+        LoopbackServer(_outage(2.5, lambda s: Reply(200, finished))) as srv,
+        _client(srv.url, max_retries=1, reconnect_timeout=30) as client,
+    ):
+        job = client.jobs.wait("j1", poll_interval=0.05)
+    assert job.status == "succeeded" and len(srv.seen) >= 3
+
+
+def test_wait_gives_up_after_the_reconnect_budget_but_not_on_other_errors() -> None:
+    with (
+        LoopbackServer(lambda s: Reply.error(503, "unavailable", "down")) as srv,
+        _client(srv.url, max_retries=0, reconnect_timeout=1.0) as client,
+    ):
+        start = time.monotonic()
+        with pytest.raises(tc.InternalServerError):
+            client.jobs.wait("j1")
+        assert 1.0 <= time.monotonic() - start < 3.0
+        with pytest.raises(tc.JobWaitTimeout):  # the wait's own timeout still wins over the budget
+            client.jobs.wait("j1", timeout=0.3, reconnect_timeout=30)
+    with (
+        LoopbackServer(lambda s: Reply.error(401, "unauthenticated", "revoked")) as srv,
+        _client(srv.url, reconnect_timeout=30) as client,
+        pytest.raises(tc.AuthenticationError),
+    ):
+        client.jobs.wait("j1")
+    assert len(srv.seen) == 1
+
+
+def test_event_stream_resumes_after_connection_refused() -> None:
+    """The server goes away (connections refused) and comes back on the same port: the stream reconnects with
+    the last event id it saw."""
+    port = free_port()
+
+    def first(seen: Seen) -> Reply:
+        return Reply(200, headers={"Content-Type": "text/event-stream"}, chunks=[_sse(1), _sse(2)])
+
+    def second(seen: Seen) -> Reply:
+        start = int(seen.headers["last-event-id"]) + 1
+        chunks = [_sse(n) for n in range(start, 4)] + [b"event: end\ndata: {}\n\n"]
+        return Reply(200, headers={"Content-Type": "text/event-stream"}, chunks=chunks)
+
+    got: list[int] = []
+    with LoopbackServer(first, port=port) as srv:
+        client = _client(srv.url, max_retries=0, reconnect_timeout=30)
+        stream = iter(client.jobs.events("j1", stream=True))
+        got += [next(stream).seq, next(stream).seq]
+    time.sleep(1.0)  # down: every reconnect is refused meanwhile
+    with LoopbackServer(second, port=port) as srv2:
+        got += [e.seq for e in stream]
+    client.close()
+    assert got == [1, 2, 3] and srv2.seen[0].headers["last-event-id"] == "2"
 
 
 def _tarball(members: dict[str, bytes], link: tuple[str, str] | None = None) -> bytes:

@@ -9,8 +9,8 @@ from typing import Any, Literal, Unpack, overload
 
 import httpx
 
-from .._base_client import AsyncAPIClient, PollOptions, RequestOptions, SyncAPIClient
-from .._exceptions import JobWaitTimeout, TwofoldError
+from .._base_client import AsyncAPIClient, PollOptions, Reconnect, RequestOptions, SyncAPIClient
+from .._exceptions import APIError, JobWaitTimeout, TwofoldError
 from .._streaming import AsyncEventStream, EventStream
 from ..pagination import AsyncPage, AsyncPaginator, SyncPage
 from ..types import Event, Job, JobStatus
@@ -62,7 +62,8 @@ def _stream_options(options: RequestOptions, headers: dict[str, str]) -> Request
 
 
 class _Waiter:
-    """The deadline, event cursor and callbacks of one ``jobs.wait`` call (shared by sync and async)."""
+    """The deadline, event cursor, callbacks and reconnect budget of one ``jobs.wait`` call (shared by sync and
+    async)."""
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class _Waiter:
         timeout: float | None,
         on_event: Callable[[Event], object] | None,
         on_update: Callable[[Job], object] | None,
+        reconnect_timeout: float,
     ) -> None:
         if poll_interval <= 0:
             raise TwofoldError(f"poll_interval must be > 0, got {poll_interval}")
@@ -81,6 +83,8 @@ class _Waiter:
         self.on_event = on_event
         self.on_update = on_update
         self.after: str | None = None
+        self.job: Job | None = None
+        self.reconnect = Reconnect(reconnect_timeout)
 
     def event(self, event: Event) -> None:
         """Hand one new event to ``on_event`` and advance the cursor past it."""
@@ -90,23 +94,42 @@ class _Waiter:
 
     def done(self, job: Job) -> bool:
         """Whether to stop: the job finished (True) or the deadline passed (raises JobWaitTimeout)."""
+        self.job = job
+        self.reconnect.ok()
         if self.on_update is not None:
             self.on_update(job)
         if job.finished:
             return True
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise JobWaitTimeout(
-                f"job {self.job_id} is still {job.status} (stage {job.current_stage}, "
-                f"{job.progress:.0%}) after {self.timeout:g}s; call wait() again to keep waiting",
-                job=job,
-            )
+        self._check_deadline()
         return False
+
+    def outage(self, exc: APIError) -> float:
+        """A poll failed: seconds to wait before the next (never past the deadline), or raise ``exc`` when it
+        is not an outage or the reconnect budget is spent."""
+        delay = self.reconnect.delay(exc)
+        self._check_deadline()
+        return self._clip(delay)
 
     def pause(self) -> float:
         """Seconds to sleep before the next poll (never past the deadline)."""
+        return self._clip(self.poll_interval)
+
+    def _clip(self, seconds: float) -> float:
         if self.deadline is None:
-            return self.poll_interval
-        return max(0.0, min(self.poll_interval, self.deadline - time.monotonic()))
+            return seconds
+        return max(0.0, min(seconds, self.deadline - time.monotonic()))
+
+    def _check_deadline(self) -> None:
+        if self.deadline is None or time.monotonic() < self.deadline:
+            return
+        job = self.job
+        state = (
+            f"still {job.status} (stage {job.current_stage}, {job.progress:.0%})" if job else "not seen yet"
+        )
+        raise JobWaitTimeout(
+            f"job {self.job_id} is {state} after {self.timeout:g}s; call wait() again to keep waiting",
+            job=job,
+        )
 
 
 class Jobs(SyncAPIResource):
@@ -181,6 +204,7 @@ class Jobs(SyncAPIResource):
         timeout: float | None = None,
         on_event: Callable[[Event], object] | None = None,
         on_update: Callable[[Job], object] | None = None,
+        reconnect_timeout: float | None = None,
         **options: Unpack[PollOptions],
     ) -> Job:
         """Block until the job finishes and return it (whatever its final status: check ``job.status``).
@@ -191,13 +215,20 @@ class Jobs(SyncAPIResource):
                 job seen); None waits forever.
             on_event: called with each new :class:`Event`, in order, including those before the call.
             on_update: called with the :class:`Job` after every poll (e.g. to draw progress).
+            reconnect_timeout: while the server cannot be reached (connection errors, 502/503/504), keep
+                polling with backoff for up to this many seconds of outage; default: the client's.
         """
-        waiter = _Waiter(job_id, poll_interval, timeout, on_event, on_update)
+        budget = self._client.reconnect_timeout if reconnect_timeout is None else reconnect_timeout
+        waiter = _Waiter(job_id, poll_interval, timeout, on_event, on_update, budget)
         while True:
-            job = self.retrieve(job_id, **options)
-            if on_event is not None:  # after retrieve, so that a finished job's last events are included
-                for event in self.events(job_id, after=waiter.after, **options):
-                    waiter.event(event)
+            try:
+                job = self.retrieve(job_id, **options)
+                if on_event is not None:  # after retrieve, so that a finished job's last events are included
+                    for event in self.events(job_id, after=waiter.after, **options):
+                        waiter.event(event)
+            except APIError as exc:
+                time.sleep(waiter.outage(exc))
+                continue
             if waiter.done(job):
                 return job
             time.sleep(waiter.pause())
@@ -220,6 +251,7 @@ class Jobs(SyncAPIResource):
         *,
         stream: Literal[True],
         last_event_id: str | None = None,
+        reconnect_timeout: float | None = None,
         **options: Unpack[RequestOptions],
     ) -> EventStream: ...
 
@@ -231,6 +263,7 @@ class Jobs(SyncAPIResource):
         after: str | None = None,
         limit: int | None = None,
         last_event_id: str | None = None,
+        reconnect_timeout: float | None = None,
         **options: Unpack[RequestOptions],
     ) -> SyncPage[Event] | EventStream:
         """A job's events, oldest first.
@@ -238,7 +271,8 @@ class Jobs(SyncAPIResource):
         With ``stream=False`` (default): a page (iterate it for all events; ``after`` is an event id).
         With ``stream=True``: an :class:`EventStream` yielding events live over Server-Sent Events until the
         job finishes; it reconnects by itself with ``Last-Event-ID`` (start from ``last_event_id``, a
-        ``seq``, to skip events already seen).
+        ``seq``, to skip events already seen), through outages of up to ``reconnect_timeout`` seconds
+        (default: the client's).
         """
         path = f"/v1/jobs/{job_id}/events"
         if not stream:
@@ -249,8 +283,8 @@ class Jobs(SyncAPIResource):
             opts = _stream_options(options, headers)
             return self._client.request("GET", path, params={"stream": "true"}, stream=True, options=opts)
 
-        max_reconnects = options.get("max_retries", self._client.max_retries)
-        return EventStream(connect, max_reconnects=max_reconnects, last_event_id=last_event_id)
+        budget = self._client.reconnect_timeout if reconnect_timeout is None else reconnect_timeout
+        return EventStream(connect, reconnect_timeout=budget, last_event_id=last_event_id)
 
 
 class AsyncJobs(AsyncAPIResource):
@@ -316,15 +350,21 @@ class AsyncJobs(AsyncAPIResource):
         timeout: float | None = None,
         on_event: Callable[[Event], object] | None = None,
         on_update: Callable[[Job], object] | None = None,
+        reconnect_timeout: float | None = None,
         **options: Unpack[PollOptions],
     ) -> Job:
         """Wait until the job finishes and return it; see :meth:`Jobs.wait` (callbacks are plain functions)."""
-        waiter = _Waiter(job_id, poll_interval, timeout, on_event, on_update)
+        budget = self._client.reconnect_timeout if reconnect_timeout is None else reconnect_timeout
+        waiter = _Waiter(job_id, poll_interval, timeout, on_event, on_update, budget)
         while True:
-            job = await self.retrieve(job_id, **options)
-            if on_event is not None:
-                async for event in self.events(job_id, after=waiter.after, **options):
-                    waiter.event(event)
+            try:
+                job = await self.retrieve(job_id, **options)
+                if on_event is not None:
+                    async for event in self.events(job_id, after=waiter.after, **options):
+                        waiter.event(event)
+            except APIError as exc:
+                await asyncio.sleep(waiter.outage(exc))
+                continue
             if waiter.done(job):
                 return job
             await asyncio.sleep(waiter.pause())
@@ -347,6 +387,7 @@ class AsyncJobs(AsyncAPIResource):
         *,
         stream: Literal[True],
         last_event_id: str | None = None,
+        reconnect_timeout: float | None = None,
         **options: Unpack[RequestOptions],
     ) -> AsyncEventStream: ...
 
@@ -358,6 +399,7 @@ class AsyncJobs(AsyncAPIResource):
         after: str | None = None,
         limit: int | None = None,
         last_event_id: str | None = None,
+        reconnect_timeout: float | None = None,
         **options: Unpack[RequestOptions],
     ) -> AsyncPaginator[Event, AsyncPage[Event]] | AsyncEventStream:
         """A job's events, oldest first: a paginator, or with ``stream=True`` a live
@@ -375,5 +417,5 @@ class AsyncJobs(AsyncAPIResource):
                 "GET", path, params={"stream": "true"}, stream=True, options=opts
             )
 
-        max_reconnects = options.get("max_retries", self._client.max_retries)
-        return AsyncEventStream(connect, max_reconnects=max_reconnects, last_event_id=last_event_id)
+        budget = self._client.reconnect_timeout if reconnect_timeout is None else reconnect_timeout
+        return AsyncEventStream(connect, reconnect_timeout=budget, last_event_id=last_event_id)
