@@ -4,6 +4,10 @@ so ``twofold jobs list`` never imports torch."""
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -22,8 +26,26 @@ _COMMANDS = {
 }
 
 
+def quiet_transformers() -> None:
+    """Keep the terminal to twofold's own progress lines: turn off transformers' per-file progress bars
+    ("Loading weights", "Writing model shards") here and in the processes this one starts (workers, teacher
+    servers). Its warnings still show; a value the user set in the environment wins."""
+    if "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
+        return
+    # transformers reads this once, on import, through huggingface_hub; the commands import it later
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:  # imported before the command line ran (a program embedding it, tests)
+        hf_logging.disable_progress_bar()
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported only when used."""
+
+    def main(self, args: Sequence[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
+        """Run the command line, quieting transformers before any command imports it."""
+        quiet_transformers()
+        return super().main(args, *rest, **kwargs)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
@@ -35,7 +57,7 @@ class LazyGroup(click.Group):
         module, attr = target.split(":")
         try:
             return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:  # a part not installed (or not built yet)
+        except (ImportError, AttributeError) as exc:  # a dependency of that part is not installed
             error = exc
             return click.Command(name, help=f"(unavailable: {error})", callback=lambda: _fail(error))
 
