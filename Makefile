@@ -46,6 +46,7 @@ lint: $(STAMP)
 	$(BIN)/python scripts/typing_view.py
 	$(BIN)/mypy
 	PYTHONPATH=.typing $(BIN)/lint-imports
+	$(BIN)/hadolint deploy/Dockerfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

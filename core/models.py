@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -77,7 +77,7 @@ def tiny_config(preset: str, tokenizer: PreTrainedTokenizerBase, max_positions: 
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        rope_theta=10000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )
 
 
@@ -99,6 +99,14 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
     return tok
 
 
+_M = TypeVar("_M", bound=torch.nn.Module)
+
+
+def on_device(model: _M, device: str | torch.device) -> _M:
+    """``model.to(device)`` with its type kept (transformers' decorated ``to`` hides it from type checkers)."""
+    return cast(_M, torch.nn.Module.to(model, device))
+
+
 def load_causal_lm(
     path: str | os.PathLike[str], *, dtype: str = "float32", device: str | torch.device = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -107,8 +115,8 @@ def load_causal_lm(
         raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=getattr(torch, dtype), local_files_only=True
-    ).to(device)
-    return model, load_tokenizer(path)
+    )
+    return on_device(model, device), load_tokenizer(path)
 
 
 def model_from_config(
@@ -119,7 +127,7 @@ def model_from_config(
         return load_causal_lm(path, dtype=dtype, device=device)
     assert preset is not None
     model, tok = build_tiny(preset, seed=seed)
-    return model.to(device), tok
+    return on_device(model, device), tok
 
 
 def build_reward_model(
@@ -259,7 +267,7 @@ def generate(
     texts, finished = [], []
     for row, m in zip(comp.tolist(), mask.tolist(), strict=True):
         ids = [t for t, keep in zip(row, m, strict=True) if keep and t != eos_id]
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+        text = cast(str, tokenizer.decode(ids, skip_special_tokens=True))
         ended = eos_id in row
         for s in stop:
             cut = text.find(s)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from twofold.core.models import build_tiny, generate, load_causal_lm, pick_device
+from twofold.core.models import build_tiny, generate, load_causal_lm, on_device, pick_device
 from twofold.teacher_server.process import READY_BANNER
 
 #: Default completion budget of a chat request that sets none (OpenAI would use the whole context).
@@ -509,7 +509,7 @@ def launch(
         name = served_model_name or Path(model_dir).resolve().name
     else:
         model, tokenizer = build_tiny("tiny-teacher", seed=seed)
-        model = model.to(dev)
+        model = on_device(model, dev)
         name = served_model_name or "tiny-teacher"
     app = create_app(model, tokenizer, model_name=name, max_batch_size=max_batch_size)
     serve(app, model_name=name, host=host, port=port)
